@@ -1,0 +1,1 @@
+"""Suite definitions shipped as data (TOML), read by the ``builtin_suites`` plugin."""

@@ -1,0 +1,73 @@
+"""kdbench: a plugin-based benchmark harness for knowledge distillation and pruning.
+
+Only the names below are public; everything else may change between releases.
+"""
+
+from __future__ import annotations
+
+from kdbench._api import (
+    create_model,
+    get_dataset,
+    get_distiller,
+    get_suite,
+    list_datasets,
+    list_distillers,
+    list_models,
+    list_suites,
+)
+from kdbench._plugins import PluginHost, create_plugin_host
+from kdbench.distiller import Batch, DistillContext, Distiller, Progress
+from kdbench.errors import KdbenchError
+from kdbench.features import FeatureCapture, FeatureTaps, Signals
+from kdbench.hookspecs import hookimpl
+from kdbench.records import EpochRecord, RunInfo, RunResult
+from kdbench.suites import load_suite_file
+from kdbench.specs import (
+    AugmentSpec,
+    DatasetSpec,
+    DistillerSpec,
+    ImageData,
+    ModelSpec,
+    PairSpec,
+    Recipe,
+    SuiteSpec,
+    TeacherSpec,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "create_plugin_host",
+    "PluginHost",
+    "create_model",
+    "list_models",
+    "list_distillers",
+    "get_distiller",
+    "list_datasets",
+    "get_dataset",
+    "list_suites",
+    "get_suite",
+    "load_suite_file",
+    "ModelSpec",
+    "DatasetSpec",
+    "AugmentSpec",
+    "ImageData",
+    "DistillerSpec",
+    "TeacherSpec",
+    "Recipe",
+    "PairSpec",
+    "SuiteSpec",
+    "Distiller",
+    "DistillContext",
+    "Progress",
+    "Batch",
+    "FeatureTaps",
+    "FeatureCapture",
+    "Signals",
+    "RunInfo",
+    "EpochRecord",
+    "RunResult",
+    "KdbenchError",
+]

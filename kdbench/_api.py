@@ -1,0 +1,75 @@
+"""The timm-style public functions, served by one lazily built default plugin host."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from torch import nn
+
+from kdbench._plugins import PluginHost, create_plugin_host
+from kdbench.specs import DatasetSpec, DistillerSpec, SuiteSpec
+
+__all__ = [
+    "default_host",
+    "create_model",
+    "list_models",
+    "list_distillers",
+    "get_distiller",
+    "list_datasets",
+    "get_dataset",
+    "list_suites",
+    "get_suite",
+]
+
+
+@lru_cache(maxsize=1)
+def default_host() -> PluginHost:
+    """Return the host built from installed plugins (honouring ``KDBENCH_DISABLE_PLUGINS``)."""
+    return create_plugin_host()
+
+
+def _host(host: PluginHost | None) -> PluginHost:
+    return host if host is not None else default_host()
+
+
+def create_model(name: str, num_classes: int | None = None, *, host: PluginHost | None = None, **kwargs: Any) -> nn.Module:
+    """Return a freshly initialised model ``name`` (default classes: its spec's)."""
+    spec = _host(host).models.get(name)
+    classes = spec.default_num_classes if num_classes is None else num_classes
+    return spec.builder(num_classes=classes, **kwargs)
+
+
+def list_models(pattern: str | None = None, *, host: PluginHost | None = None) -> list[str]:
+    """Return registered model names, optionally filtered by a glob pattern."""
+    return _host(host).models.names(pattern)
+
+
+def list_distillers(pattern: str | None = None, *, host: PluginHost | None = None) -> list[str]:
+    """Return registered distiller names, optionally filtered by a glob pattern."""
+    return _host(host).distillers.names(pattern)
+
+
+def get_distiller(name: str, *, host: PluginHost | None = None) -> DistillerSpec:
+    """Return the spec of distiller ``name``."""
+    return _host(host).distillers.get(name)
+
+
+def list_datasets(pattern: str | None = None, *, host: PluginHost | None = None) -> list[str]:
+    """Return registered dataset names, optionally filtered by a glob pattern."""
+    return _host(host).datasets.names(pattern)
+
+
+def get_dataset(name: str, *, host: PluginHost | None = None) -> DatasetSpec:
+    """Return the spec of dataset ``name``."""
+    return _host(host).datasets.get(name)
+
+
+def list_suites(pattern: str | None = None, *, host: PluginHost | None = None) -> list[str]:
+    """Return registered suite names, optionally filtered by a glob pattern."""
+    return _host(host).suites.names(pattern)
+
+
+def get_suite(name: str, *, host: PluginHost | None = None) -> SuiteSpec:
+    """Return the spec of suite ``name``."""
+    return _host(host).suites.get(name)

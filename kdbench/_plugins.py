@@ -1,0 +1,272 @@
+"""Plugin host: loads entry points one by one, validates them, builds the typed registries."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from typing import Any, Generic, Iterable, Iterator, TypeVar, final
+
+import pluggy
+
+from kdbench import hookspecs
+from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
+from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, SuiteSpec, TeacherSpec
+
+__all__ = ["PluginHost", "PluginInfo", "Registry", "create_plugin_host", "ENTRY_POINT_GROUP", "DISABLE_ENV"]
+
+ENTRY_POINT_GROUP = "kdbench"
+DISABLE_ENV = "KDBENCH_DISABLE_PLUGINS"
+
+#: registry kind → (registration hook, spec type)
+REGISTRY_KINDS: dict[str, tuple[str, type]] = {
+    "models": ("kdbench_register_models", ModelSpec),
+    "distillers": ("kdbench_register_distillers", DistillerSpec),
+    "datasets": ("kdbench_register_datasets", DatasetSpec),
+    "teachers": ("kdbench_register_teachers", TeacherSpec),
+    "suites": ("kdbench_register_suites", SuiteSpec),
+}
+
+T = TypeVar("T")
+
+
+@final
+@dataclass(slots=True)
+class PluginInfo:
+    """One plugin as loaded: where it came from, whether it works, what it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str
+    error: str = ""
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Specs of one kind by name; refuses duplicates and suggests close names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._specs: dict[str, tuple[T, str]] = {}
+
+    def add(self, spec: T, plugin: str) -> None:
+        """Register ``spec`` under its name for ``plugin``."""
+        name = spec.name  # type: ignore[attr-defined]
+        if name in self._specs:
+            other = self._specs[name][1]
+            raise DuplicateNameError(
+                f"{self.kind[:-1]} {name!r} is registered by both plugin {other!r} and plugin {plugin!r}; "
+                f"disable one with -p no:{plugin}"
+            )
+        self._specs[name] = (spec, plugin)
+
+    def get(self, name: str) -> T:
+        """Return the spec called ``name`` or raise :class:`UnknownNameError`."""
+        try:
+            return self._specs[name][0]
+        except KeyError:
+            raise UnknownNameError(self._unknown_message(name)) from None
+
+    def owner(self, name: str) -> str:
+        """Return the name of the plugin that registered ``name``."""
+        self.get(name)
+        return self._specs[name][1]
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Return the registered names, sorted, optionally filtered by a glob pattern."""
+        names = sorted(self._specs)
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+
+    def _unknown_message(self, name: str) -> str:
+        message = f"unknown {self.kind[:-1]} {name!r}"
+        close = difflib.get_close_matches(name, list(self._specs), n=3)
+        if close:
+            return f"{message}; did you mean {', '.join(map(repr, close))}?"
+        return f"{message}; see `kdbench list {self.kind}`"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[T]:
+        return (self._specs[n][0] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+class PluginHost:
+    """A plugin manager with its load report and typed registries (build it with :func:`create_plugin_host`)."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugins: list[PluginInfo], strict: bool) -> None:
+        self.pm = pm
+        self.plugins = plugins
+        self.strict = strict
+
+    @property
+    def problems(self) -> list[str]:
+        """Return one line per plugin that was skipped because it is broken."""
+        return [f"plugin {p.name!r} skipped: {p.error}" for p in self.plugins if p.status == "failed"]
+
+    def _info(self, name: str) -> PluginInfo:
+        for info in self.plugins:
+            if info.name == name:
+                return info
+        info = PluginInfo(name=name, distribution="(registered in code)", version="", status="loaded")
+        self.plugins.append(info)
+        return info
+
+    def _fail(self, plugin: str, message: str) -> None:
+        if self.strict:
+            raise PluginError(message)
+        info = self._info(plugin)
+        info.status, info.error = "failed", message
+        self.pm.unregister(name=plugin)
+
+    @cached_property
+    def _registries(self) -> dict[str, Registry[Any]]:
+        collected: dict[str, list[tuple[str, Any]]] = {kind: [] for kind in REGISTRY_KINDS}
+        for kind, (hook_name, spec_type) in REGISTRY_KINDS.items():
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                specs = self._collect(impl, hook_name, spec_type)
+                collected[kind].extend((impl.plugin_name, spec) for spec in specs)
+        failed = {p.name for p in self.plugins if p.status == "failed"}
+        registries: dict[str, Registry[Any]] = {}
+        for kind, entries in collected.items():
+            registry: Registry[Any] = Registry(kind)
+            for plugin, spec in entries:
+                if plugin not in failed:
+                    registry.add(spec, plugin)
+                    self._info(plugin).registers.setdefault(kind, []).append(spec.name)
+            registries[kind] = registry
+        return registries
+
+    def _collect(self, impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> list[Any]:
+        try:
+            specs = impl.function()
+        except Exception as exc:  # a plugin's own bug, reported by name
+            self._fail(impl.plugin_name, f"raised in {hook_name}: {type(exc).__name__}: {exc}")
+            return []
+        if specs is None:
+            return []
+        if not isinstance(specs, (list, tuple)) or not all(isinstance(s, spec_type) for s in specs):
+            self._fail(impl.plugin_name, f"{hook_name} must return a list of {spec_type.__name__}")
+            return []
+        return list(specs)
+
+    @property
+    def models(self) -> Registry[ModelSpec]:
+        """Return the model registry."""
+        return self._registries["models"]
+
+    @property
+    def distillers(self) -> Registry[DistillerSpec]:
+        """Return the distiller registry."""
+        return self._registries["distillers"]
+
+    @property
+    def datasets(self) -> Registry[DatasetSpec]:
+        """Return the dataset registry."""
+        return self._registries["datasets"]
+
+    @property
+    def teachers(self) -> Registry[TeacherSpec]:
+        """Return the teacher-checkpoint registry."""
+        return self._registries["teachers"]
+
+    @property
+    def suites(self) -> Registry[SuiteSpec]:
+        """Return the suite registry."""
+        return self._registries["suites"]
+
+    def registry(self, kind: str) -> Registry[Any]:
+        """Return the registry of ``kind`` (models, distillers, datasets, teachers, suites)."""
+        if kind not in self._registries:
+            raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(REGISTRY_KINDS)}")
+        return self._registries[kind]
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook on every plugin; a plugin that raises is named in a PluginError."""
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            try:
+                impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+
+def disabled_from_env() -> list[str]:
+    """Return plugin names listed (comma- or space-separated) in ``KDBENCH_DISABLE_PLUGINS``."""
+    raw = os.environ.get(DISABLE_ENV, "")
+    return [name for name in raw.replace(",", " ").split() if name]
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    seen: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        seen.setdefault(ep.name, ep)
+    return [seen[name] for name in sorted(seen)]
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        pm.unregister(name=name)
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, pluggy.PluginValidationError):
+        return f"violates the hook contract: {exc}"
+    return f"failed to load: {type(exc).__name__}: {exc}"
+
+
+def create_plugin_host(
+    *,
+    disabled: Iterable[str] = (),
+    strict: bool = False,
+    entry_points: bool = True,
+    plugins: Iterable[tuple[str, object]] = (),
+) -> PluginHost:
+    """Build a plugin host from installed entry points plus ``plugins`` given as (name, object).
+
+    ``disabled`` (plus ``KDBENCH_DISABLE_PLUGINS``) names plugins not to load;
+    an unknown name is an error. With ``strict`` a broken plugin is fatal;
+    otherwise it is reported in :attr:`PluginHost.problems` and skipped.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    blocked = set(disabled) | set(disabled_from_env())
+    infos: list[PluginInfo] = []
+    candidates: list[tuple[str, str, str, Any]] = []
+    if entry_points:
+        for ep in _entry_points():
+            dist = ep.dist
+            candidates.append((ep.name, dist.name if dist else "?", dist.version if dist else "", ep))
+    candidates.extend((name, "(registered in code)", "", obj) for name, obj in plugins)
+    unknown = blocked - {name for name, *_ in candidates}
+    if unknown:
+        known = [name for name, *_ in candidates]
+        hints = {n: difflib.get_close_matches(n, known, n=1) for n in sorted(unknown)}
+        detail = "; ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise UnknownNameError(f"cannot disable unknown plugin {detail}; see `kdbench plugins`")
+    for name, dist, version, target in candidates:
+        info = PluginInfo(name=name, distribution=dist, version=version, status="loaded")
+        infos.append(info)
+        if name in blocked:
+            info.status = "disabled"
+            continue
+        try:
+            plugin = target.load() if isinstance(target, metadata.EntryPoint) else target
+            _register(pm, plugin, name)
+        except Exception as exc:
+            if strict:
+                raise PluginError(f"plugin {name!r} ({dist}) {_describe(exc)}") from exc
+            info.status, info.error = "failed", _describe(exc)
+    return PluginHost(pm, infos, strict)

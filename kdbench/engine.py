@@ -1,0 +1,368 @@
+"""The engine: trains one run faithfully to its recipe, fast, resumably.
+
+Data lives on the device as uint8; each epoch draws a permutation and every
+sample's crop offsets and flip bit on the device from a generator seeded by
+(run seed, epoch), so a run resumed from its end-of-epoch checkpoint sees
+exactly the batches an uninterrupted run would. Losses are accumulated on the
+device; the host synchronises once per epoch (test accuracy, loss means,
+divergence check).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from kdbench._plugins import PluginHost
+from kdbench.augment import Views, apply_views, draw_views, normalize
+from kdbench.distiller import Batch, DistillContext, Distiller, Progress
+from kdbench.errors import CheckpointError, KdbenchError
+from kdbench.features import FeatureCapture, Signals
+from kdbench.records import EpochRecord, RunInfo, RunResult
+from kdbench.specs import DatasetSpec, ImageData, Recipe
+
+__all__ = ["EngineOptions", "TrainedModel", "train_run", "load_state", "evaluate"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FINAL_NAME = "final.pt"
+_CHECKPOINT_FORMAT = "kdbench-checkpoint-1"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How (not what) to train: device and speed switches that leave the recipe's math unchanged."""
+
+    device: torch.device = torch.device("cpu")
+    bf16: bool = False
+    channels_last: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.bf16 or self.channels_last) and self.device.type != "cuda":
+            raise KdbenchError("--bf16 and --channels-last are CUDA switches; drop them or use --device cuda")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedModel:
+    """A teacher ready for distillation: the module (eval mode, frozen) and its architecture name."""
+
+    name: str
+    module: nn.Module
+
+
+def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(1_000_003 * (seed + 1) + epoch)
+    return generator
+
+
+def _steps_per_epoch(num_train: int, batch_size: int) -> int:
+    steps = math.ceil(num_train / batch_size)
+    # A trailing batch of one sample breaks BatchNorm in train mode; the reference
+    # loaders would crash there, we drop that single sample instead.
+    return steps - 1 if num_train % batch_size == 1 and steps > 1 else steps
+
+
+def _subset(views: Views, index: torch.Tensor) -> Views:
+    return replace(views, dy=views.dy[index], dx=views.dx[index], flip=views.flip[index])
+
+
+def _probe(model: nn.Module, input_size: tuple[int, int, int], device: torch.device) -> Signals:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FeatureCapture(model, {"logits", "feats", "preact", "embedding"}) as capture:
+        signals = capture(torch.zeros(2, *input_size, device=device))
+    model.train(was_training)
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, device="meta")
+
+    return Signals(
+        logits=meta(signals.logits),
+        feats=[meta(t) for t in signals.feats],
+        preact=[meta(t) for t in signals.preact],
+        embedding=None if signals.embedding is None else meta(signals.embedding),
+    )
+
+
+def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(dict(payload), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Return the dict stored at ``path`` (weights only), or raise CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — "
+            "delete it to restart this run from scratch"
+        ) from None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, batch_size: int, bf16: bool
+) -> torch.Tensor:
+    """Return top-1 accuracy (%) on the given uint8 images as a 0-d device tensor (no host sync)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, images.shape[0], batch_size):
+        x = normalize(images[start : start + batch_size], dataset.mean, dataset.std)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum()
+    model.train(was_training)
+    return correct.double() * 100.0 / images.shape[0]
+
+
+class _Run:
+    """The state of one run on its device: models, optimiser, data, curve."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        host: PluginHost,
+        dataset: DatasetSpec,
+        data: ImageData,
+        teacher: TrainedModel | None,
+        options: EngineOptions,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.dataset = dataset
+        self.recipe = Recipe(**config["recipe"])
+        device = options.device
+        torch.manual_seed(int(config["seed"]))
+        spec = host.distillers.get(config["distiller"])
+        self.student = host.models.get(config["student"]).builder(num_classes=dataset.num_classes).to(device)
+        self.teacher = teacher
+        context = DistillContext(
+            num_classes=dataset.num_classes,
+            input_size=dataset.image_size,
+            num_train=data.train_images.shape[0],
+            student_name=config["student"],
+            teacher_name=teacher.name if teacher else None,
+            student_shapes=_probe(self.student, dataset.image_size, device),
+            teacher_shapes=_probe(teacher.module, dataset.image_size, device) if teacher else None,
+        )
+        self.distiller: Distiller = spec.builder(
+            self.student, teacher.module if teacher else None, context, **config["params"]
+        ).to(device)
+        if options.channels_last:
+            self.student.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            [*self.student.parameters(), *self.distiller.parameters()],
+            lr=self.recipe.base_lr(config["student"]),
+            momentum=self.recipe.momentum,
+            weight_decay=self.recipe.weight_decay,
+            nesterov=self.recipe.nesterov,
+        )
+        self.train_images = data.train_images.to(device)
+        self.train_labels = data.train_labels.to(device)
+        self.test_images = data.test_images.to(device)
+        self.test_labels = data.test_labels.to(device)
+        self.curve: list[EpochRecord] = []
+        self.start_epoch = 0
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "config": dict(self.config),
+            "epoch": epoch,
+            "student": self.student.state_dict(),
+            "distiller": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "curve": [_epoch_to_dict(e) for e in self.curve],
+        }
+
+    def resume(self, path: Path) -> None:
+        state = load_state(path)
+        if state.get("format") != _CHECKPOINT_FORMAT or state.get("config") != dict(self.config):
+            raise CheckpointError(f"checkpoint {path} belongs to another run or format; delete it to restart")
+        try:
+            self.student.load_state_dict(state["student"])
+            self.distiller.load_state_dict(state["distiller"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
+        self.curve = [_epoch_from_dict(e) for e in state["curve"]]
+        self.start_epoch = int(state["epoch"]) + 1
+
+    def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Train one epoch; return the per-term loss sums as device tensors (no host sync)."""
+        device = self.options.device
+        lr = self.recipe.lr_at(epoch, self.config["student"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        generator = _epoch_generator(int(self.config["seed"]), epoch, device)
+        num_train = self.train_images.shape[0]
+        order = torch.randperm(num_train, generator=generator, device=device)
+        augment = self.dataset.augment
+        views = draw_views(num_train, augment.pad, augment.flip, generator, device)
+        batch_size = self.recipe.batch_size
+        steps = _steps_per_epoch(num_train, batch_size)
+        self.student.train()
+        self.distiller.train()
+        student_capture = FeatureCapture(self.student, self.distiller.student_signals)
+        teacher_capture = (
+            FeatureCapture(self.teacher.module, self.distiller.teacher_signals)
+            if self.teacher and self.distiller.teacher_signals
+            else None
+        )
+        sums: dict[str, torch.Tensor] = {}
+        try:
+            for step in range(steps):
+                index = order[step * batch_size : (step + 1) * batch_size]
+                images = apply_views(self.train_images[index], _subset(views, index), augment.pad)
+                images = normalize(images, self.dataset.mean, self.dataset.std)
+                if self.options.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                batch = Batch(images=images, targets=self.train_labels[index], indices=index)
+                progress = Progress(epoch=epoch, epochs=self.recipe.epochs, step=step, steps_per_epoch=steps)
+                terms = self._step(student_capture, teacher_capture, batch, progress)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float()
+        finally:
+            student_capture.close()
+            if teacher_capture is not None:
+                teacher_capture.close()
+        return {name: total / steps for name, total in sums.items()}
+
+    def _step(
+        self,
+        student_capture: FeatureCapture,
+        teacher_capture: FeatureCapture | None,
+        batch: Batch,
+        progress: Progress,
+    ) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
+            student = student_capture(batch.images)
+            teacher = None
+            if teacher_capture is not None:
+                with torch.no_grad():
+                    teacher = teacher_capture(batch.images)
+            terms = self.distiller.loss_terms(student, teacher, batch, progress)
+        loss = torch.stack([t.float() for t in terms.values()]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return terms
+
+    def test_top1(self) -> torch.Tensor:
+        return evaluate(
+            self.student,
+            self.test_images,
+            self.test_labels,
+            self.dataset,
+            self.recipe.eval_batch_size,
+            self.options.bf16,
+        )
+
+
+def _epoch_to_dict(record: EpochRecord) -> dict[str, Any]:
+    return {
+        "epoch": record.epoch,
+        "lr": record.lr,
+        "losses": dict(record.losses),
+        "test_top1": record.test_top1,
+        "seconds": record.seconds,
+    }
+
+
+def _epoch_from_dict(data: Mapping[str, Any]) -> EpochRecord:
+    return EpochRecord(
+        epoch=int(data["epoch"]),
+        lr=float(data["lr"]),
+        losses=dict(data["losses"]),
+        test_top1=float(data["test_top1"]),
+        seconds=float(data["seconds"]),
+    )
+
+
+def _result(curve: list[EpochRecord], status: str, extra_params: int) -> RunResult:
+    wall = sum(e.seconds for e in curve)
+    if not curve:
+        return RunResult(status=status, extra_params=extra_params)
+    best = max(curve, key=lambda e: (e.test_top1, -e.epoch))
+    return RunResult(
+        status=status,
+        best_top1=best.test_top1,
+        last_top1=curve[-1].test_top1,
+        best_epoch=best.epoch,
+        curve=tuple(curve),
+        wall_seconds=wall,
+        extra_params=extra_params,
+    )
+
+
+def train_run(
+    run: RunInfo,
+    host: PluginHost,
+    dataset: DatasetSpec,
+    data: ImageData,
+    teacher: TrainedModel | None,
+    options: EngineOptions,
+) -> RunResult:
+    """Train (or resume) the run described by ``run.config``; write checkpoints and final weights in ``run.work_dir``.
+
+    Returns a finished or diverged :class:`RunResult` whose wall time is the sum of
+    its epochs' times (resume-stable); errors propagate to the caller.
+    """
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    state = _Run(run.config, host, dataset, data, teacher, options)
+    checkpoint = run.work_dir / CHECKPOINT_NAME
+    if checkpoint.exists():
+        state.resume(checkpoint)
+    host.notify("kdbench_run_start", run=run)
+    epochs = state.recipe.epochs
+    bar = _progress_bar(run, epochs, state.start_epoch, options.progress)
+    status = "finished"
+    try:
+        for epoch in range(state.start_epoch, epochs):
+            tick = time.perf_counter()
+            sums = state.train_epoch(epoch)
+            top1 = state.test_top1()
+            losses = {name: float(value) for name, value in sums.items()}
+            record = EpochRecord(
+                epoch=epoch,
+                lr=state.optimizer.param_groups[0]["lr"],
+                losses=losses,
+                test_top1=round(float(top1), 4),
+                seconds=round(time.perf_counter() - tick, 3),
+            )
+            state.curve.append(record)
+            if not all(math.isfinite(v) for v in losses.values()):
+                status = "diverged"
+                break
+            _atomic_save(state.state(epoch), checkpoint)
+            host.notify("kdbench_epoch_end", run=run, epoch=record)
+            bar.update(1)
+            bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}")
+    finally:
+        bar.close()
+    if status == "finished":
+        _atomic_save({"model": state.student.state_dict(), "arch": run.config["student"]}, run.work_dir / FINAL_NAME)
+    return _result(state.curve, status, state.distiller.extra_parameter_count())
+
+
+def _progress_bar(run: RunInfo, epochs: int, done: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    label = f"{run.config['distiller']}:{run.config['student']} s{run.config['seed']}"
+    return tqdm(total=epochs, initial=done, desc=label, unit="ep", leave=False, disable=not enabled)

@@ -1,0 +1,48 @@
+"""What the lifecycle hooks receive: a run's identity, one epoch's record, a run's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, final
+
+__all__ = ["RunInfo", "EpochRecord", "RunResult"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run about to train: its id, resolved config and working directory."""
+
+    run_id: str
+    config: Mapping[str, Any]
+    work_dir: Path
+    device: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """One finished epoch: mean loss terms over the epoch, LR used, test top-1 (%)."""
+
+    epoch: int
+    lr: float
+    losses: Mapping[str, float]
+    test_top1: float
+    seconds: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a run: ``status`` is ``finished``, ``diverged`` or ``failed``."""
+
+    status: str
+    best_top1: float | None = None
+    last_top1: float | None = None
+    best_epoch: int | None = None
+    curve: tuple[EpochRecord, ...] = field(default_factory=tuple)
+    error: str = ""
+    wall_seconds: float = 0.0
+    extra_params: int = 0
+    """Training-only parameters the method added (connectors, embeddings…)."""

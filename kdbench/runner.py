@@ -1,0 +1,415 @@
+"""The runner: expands a suite into runs with stable ids, trains what is missing, stores every result."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import platform
+import subprocess
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+import kdbench
+from kdbench._plugins import PluginHost
+from kdbench.engine import FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
+from kdbench.errors import CheckpointError, KdbenchError, UnknownNameError
+from kdbench.profile import device_name, profile_model
+from kdbench.records import RunInfo, RunResult
+from kdbench.results import ResultsStore
+from kdbench.specs import DatasetSpec, ImageData, PairSpec, Recipe, SuiteSpec
+
+__all__ = ["PlannedRun", "RunnerOptions", "SuiteReport", "plan_suite", "select_runs", "run_suite", "run_id_of"]
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRun:
+    """One run of a suite: its id, role, resolved config and the teacher run it waits for."""
+
+    run_id: str
+    kind: str
+    config: Mapping[str, Any]
+    pair: PairSpec | None = None
+    teacher_run: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Return a human label: ``method student←teacher seed=N``."""
+        teacher = self.config.get("teacher") or {}
+        arrow = f"←{teacher['arch']}" if teacher else ""
+        role = "teacher " if self.kind == "teacher" else ""
+        seed = f" seed={self.config['seed']}" if "seed" in self.config else ""
+        return f"{role}{self.config['distiller']} {self.config['student']}{arrow}{seed}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    """Where data, teachers, checkpoints and results live, and how runs execute."""
+
+    data_root: Path = Path("data")
+    teacher_root: Path = Path("teachers")
+    work_root: Path = Path("runs")
+    download: bool = False
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    teacher_overrides: Mapping[str, str] = field(default_factory=dict)
+    latency_batch_sizes: tuple[int, ...] = (1, 256)
+
+
+def run_id_of(config: Mapping[str, Any]) -> str:
+    """Return the stable id of a resolved config: the first 16 hex digits of its canonical JSON's SHA-256."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "momentum": recipe.momentum,
+        "weight_decay": recipe.weight_decay,
+        "nesterov": recipe.nesterov,
+        "lr_milestones": list(recipe.lr_milestones),
+        "lr_gamma": recipe.lr_gamma,
+        "lr_overrides": dict(recipe.lr_overrides),
+        "eval_batch_size": recipe.eval_batch_size,
+    }
+
+
+def _student_recipe(recipe: Recipe, student: str) -> dict[str, Any]:
+    """Return the recipe as a run sees it: the student's own base LR folded in, other overrides dropped."""
+    resolved = _recipe_dict(recipe)
+    resolved["lr"] = recipe.base_lr(student)
+    resolved["lr_overrides"] = {}
+    return resolved
+
+
+def _teacher_source(suite: SuiteSpec, arch: str, host: PluginHost, overrides: Mapping[str, str]) -> str | None:
+    source = overrides.get(arch) or suite.teachers.get(arch)
+    if source and source in host.teachers and host.teachers.get(source).model != arch:
+        raise KdbenchError(f"teacher {source!r} is a {host.teachers.get(source).model}, not a {arch}")
+    return source
+
+
+def _config(
+    suite: SuiteSpec, student: str, distiller: str, params: Mapping[str, Any], seed: int, recipe: Recipe
+) -> dict[str, Any]:
+    return {
+        "kdbench_config": CONFIG_VERSION,
+        "dataset": suite.dataset,
+        "student": student,
+        "teacher": None,
+        "distiller": distiller,
+        "params": dict(params),
+        "seed": seed,
+        "recipe": _student_recipe(recipe, student),
+    }
+
+
+def _distiller_names(suite: SuiteSpec, host: PluginHost) -> list[str]:
+    names: list[str] = []
+    for pattern in suite.distillers:
+        matched = host.distillers.names(pattern) if any(c in pattern for c in "*?[") else [pattern]
+        for name in matched:
+            host.distillers.get(name)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _check_names(suite: SuiteSpec, host: PluginHost) -> None:
+    where = f"suite {suite.name!r}"
+    try:
+        host.datasets.get(suite.dataset)
+        for pair in suite.pairs:
+            host.models.get(pair.teacher)
+            host.models.get(pair.student)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{where}: {exc}") from None
+
+
+def plan_suite(suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None) -> list[PlannedRun]:
+    """Return every run of ``suite`` in execution order: teachers first, then students, each once."""
+    _check_names(suite, host)
+    overrides = teacher_overrides or {}
+    teacher_recipe = suite.teacher_recipe or suite.recipe
+    vanilla_defaults = host.distillers.get("vanilla").defaults if "vanilla" in host.distillers else {}
+    planned: dict[str, PlannedRun] = {}
+    teacher_refs: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for arch in dict.fromkeys(pair.teacher for pair in suite.pairs):
+        source = _teacher_source(suite, arch, host, overrides)
+        if source:
+            teacher_refs[arch] = ({"arch": arch, "checkpoint": source}, None)
+            config = {
+                "kdbench_config": CONFIG_VERSION,
+                "dataset": suite.dataset,
+                "student": arch,
+                "teacher": None,
+                "distiller": "pretrained",
+                "evaluate_checkpoint": source,
+            }
+            run_id = run_id_of(config)
+            planned.setdefault(run_id, PlannedRun(run_id, "teacher", config))
+            continue
+        config = _config(suite, arch, "vanilla", vanilla_defaults, suite.teacher_seed, teacher_recipe)
+        run_id = run_id_of(config)
+        planned.setdefault(run_id, PlannedRun(run_id, "teacher", config))
+        teacher_refs[arch] = ({"arch": arch, "run": run_id}, run_id)
+    for pair in suite.pairs:
+        for name in _distiller_names(suite, host):
+            spec = host.distillers.get(name)
+            params = {**spec.defaults, **suite.distiller_params.get(name, {}), **pair.params.get(name, {})}
+            for seed in suite.seeds:
+                config = _config(suite, pair.student, name, params, seed, suite.recipe)
+                teacher_run = None
+                if spec.needs_teacher:
+                    config["teacher"], teacher_run = teacher_refs[pair.teacher]
+                run_id = run_id_of(config)
+                if run_id not in planned or planned[run_id].kind == "teacher":
+                    kind = "student" if run_id not in planned else "teacher"
+                    planned[run_id] = PlannedRun(run_id, kind, config, pair if spec.needs_teacher else None, teacher_run)
+    return list(planned.values())
+
+
+def select_runs(plan: list[PlannedRun], patterns: Iterable[str]) -> list[PlannedRun]:
+    """Return the runs matching any pattern (glob or substring of label/id), plus the teachers they need."""
+    patterns = list(patterns)
+    if not patterns:
+        return plan
+
+    def matches(run: PlannedRun) -> bool:
+        text = f"{run.label} {run.run_id}"
+        return any(p in text or fnmatch.fnmatchcase(text, p) for p in patterns)
+
+    chosen = {run.run_id for run in plan if matches(run)}
+    chosen |= {run.teacher_run for run in plan if run.run_id in chosen and run.teacher_run}
+    return [run for run in plan if run.run_id in chosen]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _versions(host: PluginHost) -> dict[str, Any]:
+    plugins = {p.name: p.version for p in host.plugins if p.status == "loaded"}
+    return {
+        "kdbench": kdbench.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "plugins": dict(sorted(plugins.items())),
+    }
+
+
+class _SuiteExecution:
+    """Executes a plan against a store: shares data, teachers and profiles between runs."""
+
+    def __init__(self, suite: SuiteSpec, host: PluginHost, store: ResultsStore, options: RunnerOptions) -> None:
+        self.suite = suite
+        self.host = host
+        self.store = store
+        self.options = options
+        self.dataset: DatasetSpec = host.datasets.get(suite.dataset)
+        self.data: ImageData | None = None
+        self.teachers: dict[str, TrainedModel] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.commit = _git_commit()
+        self.versions = _versions(host)
+        self.device_name = device_name(options.engine.device)
+
+    def load_data(self) -> ImageData:
+        if self.data is None:
+            self.data = self.dataset.loader(self.options.data_root, self.options.download)
+        return self.data
+
+    def teacher_for(self, config: Mapping[str, Any]) -> TrainedModel | None:
+        ref = config.get("teacher")
+        if not ref:
+            return None
+        key = json.dumps(ref, sort_keys=True)
+        if key not in self.teachers:
+            self.teachers[key] = self._load_teacher(ref)
+        return self.teachers[key]
+
+    def _load_teacher(self, ref: Mapping[str, Any]) -> TrainedModel:
+        arch = ref["arch"]
+        if "run" in ref:
+            path, state_key = self.options.work_root / ref["run"] / FINAL_NAME, "model"
+            if not path.is_file():
+                raise CheckpointError(f"teacher run {ref['run']} ({arch}) has no weights at {path}; it must finish first")
+        else:
+            path, state_key = self._teacher_file(ref["checkpoint"])
+        state = load_state(path)
+        weights = state.get(state_key, state) if state_key else state
+        model = self.host.models.get(arch).builder(num_classes=self.dataset.num_classes)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"teacher checkpoint {path} does not fit {arch}: {str(exc).splitlines()[0]}") from None
+        model.to(self.options.engine.device).eval().requires_grad_(False)
+        return TrainedModel(arch, model)
+
+    def _teacher_file(self, source: str) -> tuple[Path, str]:
+        if source in self.host.teachers:
+            spec = self.host.teachers.get(source)
+            path = self.options.teacher_root / spec.path
+            if not path.is_file():
+                raise CheckpointError(
+                    f"teacher {source!r} not found at {path}; download it from {spec.url or 'its source'} "
+                    f"and extract it under --teacher-root {self.options.teacher_root}"
+                )
+            return path, spec.state_key
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"teacher checkpoint {path} not found (not a file, nor a registered teacher name)")
+        return path, "model"
+
+    def profile(self, arch: str, extra_params: int) -> dict[str, Any]:
+        if arch not in self.profiles:
+            model = self.host.models.get(arch).builder(num_classes=self.dataset.num_classes)
+            profile = profile_model(
+                model,
+                self.dataset.image_size,
+                device=self.options.engine.device,
+                batch_sizes=self.options.latency_batch_sizes,
+            )
+            self.profiles[arch] = profile.to_dict()
+        return {**self.profiles[arch], "extra_params": extra_params}
+
+    def record(self, run: PlannedRun, result: RunResult, profile: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "run_id": run.run_id,
+            "suite": self.suite.name,
+            "kind": run.kind,
+            "status": result.status,
+            "config": dict(run.config),
+            "best_top1": result.best_top1,
+            "last_top1": result.last_top1,
+            "best_epoch": result.best_epoch,
+            "curve": [
+                {"epoch": e.epoch, "lr": e.lr, "losses": dict(e.losses), "test_top1": e.test_top1, "seconds": e.seconds}
+                for e in result.curve
+            ],
+            "profile": profile,
+            "wall_seconds": round(result.wall_seconds, 3),
+            "versions": self.versions,
+            "device": self.device_name,
+            "git_commit": self.commit,
+            "error": result.error,
+        }
+
+    def _evaluate_checkpoint(self, config: Mapping[str, Any], data: ImageData) -> RunResult:
+        teacher = self.teacher_for({"teacher": {"arch": config["student"], "checkpoint": config["evaluate_checkpoint"]}})
+        assert teacher is not None
+        device = self.options.engine.device
+        top1 = evaluate(
+            teacher.module,
+            data.test_images.to(device),
+            data.test_labels.to(device),
+            self.dataset,
+            1000,
+            self.options.engine.bf16,
+        )
+        value = round(float(top1), 4)
+        return RunResult(status="finished", best_top1=value, last_top1=value, best_epoch=None)
+
+    def execute(self, run: PlannedRun) -> RunResult:
+        info = RunInfo(run.run_id, run.config, self.options.work_root / run.run_id, self.device_name)
+        profile = None
+        try:
+            data = self.load_data()
+            teacher = self.teacher_for(run.config)
+            if "evaluate_checkpoint" in run.config:
+                result = self._evaluate_checkpoint(run.config, data)
+            else:
+                result = train_run(info, self.host, self.dataset, data, teacher, self.options.engine)
+            profile = self.profile(run.config["student"], result.extra_params)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # isolate the failure: record it, let the suite go on
+            result = RunResult(status="failed", error=_error_text(exc))
+        self.store.put(self.record(run, result, profile))
+        self.host.notify("kdbench_run_end", run=info, result=result)
+        return result
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KdbenchError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteReport:
+    """What a suite invocation did: run ids per outcome."""
+
+    skipped: tuple[str, ...]
+    finished: tuple[str, ...]
+    diverged: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+
+
+def run_suite(
+    suite: SuiteSpec,
+    host: PluginHost,
+    store: ResultsStore,
+    options: RunnerOptions,
+    runs: list[PlannedRun] | None = None,
+    on_run: Callable[[PlannedRun, str], None] | None = None,
+) -> SuiteReport:
+    """Train every planned run of ``suite`` not already stored; return what happened.
+
+    The dataset is loaded before the first run that needs training, so missing
+    data stops the suite at once with one clear error.
+    """
+    plan = runs if runs is not None else plan_suite(suite, host, options.teacher_overrides)
+    execution = _SuiteExecution(suite, host, store, options)
+    done = store.finished_ids()
+    pending = [run for run in plan if not _is_done(run, done, options)]
+    if pending:
+        execution.load_data()
+    skipped = tuple(run.run_id for run in plan if run not in pending)
+    outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": []}
+    failed_teachers: dict[str, str] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(pending, desc=f"suite {suite.name}", unit="run", disable=not options.engine.progress)
+    for run in bar:
+        bar.set_postfix_str(run.label)
+        if run.teacher_run in failed_teachers:
+            result = RunResult(status="failed", error=f"teacher run {run.teacher_run} failed: {failed_teachers[run.teacher_run]}")
+            store.put(execution.record(run, result, None))
+        else:
+            result = execution.execute(run)
+        if result.status == "failed":
+            outcome["failed"].append((run.run_id, result.error))
+            if run.kind == "teacher":
+                failed_teachers[run.run_id] = result.error
+        else:
+            outcome[result.status].append(run.run_id)
+        if on_run:
+            on_run(run, result.status)
+    return SuiteReport(
+        skipped=skipped,
+        finished=tuple(outcome["finished"]),
+        diverged=tuple(outcome["diverged"]),
+        failed=tuple(outcome["failed"]),
+    )
+
+
+def _is_done(run: PlannedRun, done: set[str], options: RunnerOptions) -> bool:
+    if run.run_id not in done:
+        return False
+    # A teacher's result is only usable with its weights next to it.
+    return run.kind != "teacher" or (options.work_root / run.run_id / FINAL_NAME).is_file()

@@ -1,0 +1,222 @@
+"""The frozen value classes plugins return from the registration hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, final
+
+import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from kdbench.distiller import Distiller, DistillContext
+
+__all__ = [
+    "ModelSpec",
+    "AugmentSpec",
+    "ImageData",
+    "DatasetSpec",
+    "DistillerSpec",
+    "TeacherSpec",
+    "Recipe",
+    "PairSpec",
+    "SuiteSpec",
+]
+
+Family = Literal["baseline", "logit", "feature"]
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """An architecture usable as teacher or student.
+
+    ``builder(num_classes=...)`` returns an ``nn.Module`` whose ``feature_taps``
+    attribute is a :class:`kdbench.FeatureTaps`.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    citation: str = ""
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    default_num_classes: int = 100
+    tags: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AugmentSpec:
+    """A train augmentation: zero-padded random crop back to size, optional h-flip."""
+
+    pad: int = 4
+    flip: bool = True
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ImageData:
+    """A whole image-classification dataset as uint8 NCHW tensors and int64 labels."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "test_images"):
+            images = getattr(self, name)
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise ValueError(f"{name} must be a uint8 N×C×H×W tensor, got {images.dtype} {tuple(images.shape)}")
+        for images, labels in ((self.train_images, self.train_labels), (self.test_images, self.test_labels)):
+            if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+                raise ValueError("labels must be int64 with one entry per image")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """An image-classification dataset: how to load it and how it is normalised/augmented.
+
+    ``loader(root, download)`` returns :class:`ImageData` or raises
+    :class:`kdbench.errors.DataNotFoundError` naming the path it expected.
+    """
+
+    name: str
+    loader: Callable[[Path, bool], ImageData]
+    description: str
+    num_classes: int
+    image_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: AugmentSpec = AugmentSpec()
+    citation: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DistillerSpec:
+    """A training method: a builder for its :class:`kdbench.Distiller` and its published defaults.
+
+    ``builder(student, teacher, context, **params)`` returns the distiller; the
+    engine calls it with ``defaults`` updated by the suite's overrides.
+    """
+
+    name: str
+    builder: Callable[..., Distiller]
+    description: str
+    citation: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    family: Family = "logit"
+    needs_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", _frozen(self.defaults))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TeacherSpec:
+    """A trained teacher available as a file: ``path`` is relative to ``--teacher-root``.
+
+    The state_dict is read from ``checkpoint[state_key]`` (or the file itself
+    when ``state_key`` is empty).
+    """
+
+    name: str
+    model: str
+    dataset: str
+    path: str
+    description: str = ""
+    state_key: str = "model"
+    sha256: str = ""
+    url: str = ""
+    reported_top1: float | None = None
+    citation: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """The optimisation recipe of a run, as data (defaults: the CIFAR-100 KD recipe)."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_milestones: tuple[int, ...] = (150, 180, 210)
+    lr_gamma: float = 0.1
+    lr_overrides: Mapping[str, float] = field(default_factory=dict)
+    """Base LR per student architecture (e.g. 0.01 for ShuffleV1/V2, MobileNetV2)."""
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr_overrides", _frozen(self.lr_overrides))
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+
+    def base_lr(self, student: str) -> float:
+        """Return the base learning rate for ``student``."""
+        return float(self.lr_overrides.get(student, self.lr))
+
+    def lr_at(self, epoch: int, student: str) -> float:
+        """Return the LR of 0-based ``epoch``: decayed once per milestone already passed."""
+        passed = sum(1 for milestone in self.lr_milestones if epoch >= milestone)
+        return self.base_lr(student) * self.lr_gamma**passed
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PairSpec:
+    """A teacher→student pair of a suite, with per-pair distiller overrides."""
+
+    teacher: str
+    student: str
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _frozen({k: _frozen(v) for k, v in dict(self.params).items()}))
+
+    @property
+    def label(self) -> str:
+        """Return ``teacher→student``."""
+        return f"{self.teacher}→{self.student}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SuiteSpec:
+    """A benchmark: dataset × pairs × distillers × seeds under one recipe."""
+
+    name: str
+    description: str
+    dataset: str
+    pairs: tuple[PairSpec, ...]
+    distillers: tuple[str, ...] = ("*",)
+    """Distiller names; ``"*"`` means every registered distiller."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipe: Recipe = Recipe()
+    teacher_recipe: Recipe | None = None
+    """Recipe for teachers the runner trains itself (default: ``recipe``)."""
+    teacher_seed: int = 0
+    teachers: Mapping[str, str] = field(default_factory=dict)
+    """Teacher architecture → registered teacher name or checkpoint path."""
+    distiller_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    epoch_rule: Literal["best", "last"] = "best"
+    reference: str = ""
+    """Dataset key of published numbers shown beside ours (e.g. ``cifar100``)."""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", _frozen(self.teachers))
+        object.__setattr__(
+            self, "distiller_params", _frozen({k: _frozen(v) for k, v in dict(self.distiller_params).items()})
+        )

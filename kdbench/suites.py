@@ -1,0 +1,138 @@
+"""Suite files: TOML data that expands into a benchmark (dataset × pairs × methods × seeds)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from kdbench.errors import SuiteError
+from kdbench.specs import PairSpec, Recipe, SuiteSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["load_suite_file", "parse_suite"]
+
+_TOP_LEVEL = {
+    "name": str,
+    "description": str,
+    "dataset": str,
+    "pairs": list,
+    "distillers": list,
+    "seeds": list,
+    "recipe": dict,
+    "teacher_recipe": dict,
+    "teacher_seed": int,
+    "teachers": dict,
+    "distiller_params": dict,
+    "epoch_rule": str,
+    "reference": str,
+}
+_REQUIRED = ("name", "description", "dataset", "pairs")
+_RECIPE_FIELDS = {f.name for f in fields(Recipe)}
+
+
+def load_suite_file(path: Path) -> SuiteSpec:
+    """Return the suite defined by the TOML file at ``path``; any defect raises SuiteError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"suite file {path} is not valid TOML: {exc}") from None
+    return parse_suite(data, source=str(path))
+
+
+def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
+    """Return a SuiteSpec from decoded TOML, checking every key and type."""
+    where = f"suite file {source}"
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_LEVEL))}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise SuiteError(f"{where}: missing required key(s) {', '.join(missing)}")
+    for key, kind in _TOP_LEVEL.items():
+        if key in data and not isinstance(data[key], kind):
+            raise SuiteError(f"{where}: `{key}` must be a {kind.__name__}, got {type(data[key]).__name__}")
+    if data.get("epoch_rule", "best") not in ("best", "last"):
+        raise SuiteError(f"{where}: `epoch_rule` must be \"best\" or \"last\"")
+    recipe = _recipe(data.get("recipe", {}), where, "recipe")
+    teacher_recipe = _recipe(data["teacher_recipe"], where, "teacher_recipe") if "teacher_recipe" in data else None
+    return SuiteSpec(
+        name=data["name"],
+        description=data["description"],
+        dataset=data["dataset"],
+        pairs=tuple(_pair(entry, where, i) for i, entry in enumerate(data["pairs"])),
+        distillers=tuple(_strings(data.get("distillers", ["*"]), where, "distillers")),
+        seeds=tuple(_ints(data.get("seeds", [0, 1, 2]), where, "seeds")),
+        recipe=recipe,
+        teacher_recipe=teacher_recipe,
+        teacher_seed=data.get("teacher_seed", 0),
+        teachers={str(k): _string(v, where, f"teachers.{k}") for k, v in data.get("teachers", {}).items()},
+        distiller_params=_tables(data.get("distiller_params", {}), where, "distiller_params"),
+        epoch_rule=data.get("epoch_rule", "best"),
+        reference=data.get("reference", ""),
+        source=source,
+    )
+
+
+def _recipe(table: Mapping[str, Any], where: str, key: str) -> Recipe:
+    unknown = sorted(set(table) - _RECIPE_FIELDS)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)}")
+    try:
+        recipe = Recipe(**table)
+    except TypeError as exc:
+        raise SuiteError(f"{where}: bad [{key}]: {exc}") from None
+    numbers = {"epochs": int, "batch_size": int, "eval_batch_size": int}
+    for name, kind in numbers.items():
+        value = getattr(recipe, name)
+        if not isinstance(value, kind) or value <= 0:
+            raise SuiteError(f"{where}: [{key}] {name} must be a positive integer, got {value!r}")
+    for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
+        if not isinstance(getattr(recipe, name), (int, float)):
+            raise SuiteError(f"{where}: [{key}] {name} must be a number")
+    return recipe
+
+
+def _pair(entry: Any, where: str, index: int) -> PairSpec:
+    if not isinstance(entry, dict) or not {"teacher", "student"} <= set(entry):
+        raise SuiteError(f"{where}: pairs[{index}] needs `teacher` and `student`")
+    unknown = sorted(set(entry) - {"teacher", "student", "params"})
+    if unknown:
+        raise SuiteError(f"{where}: pairs[{index}] has unknown key(s) {', '.join(unknown)}")
+    params = _tables(entry.get("params", {}), where, f"pairs[{index}].params")
+    return PairSpec(
+        teacher=_string(entry["teacher"], where, f"pairs[{index}].teacher"),
+        student=_string(entry["student"], where, f"pairs[{index}].student"),
+        params=params,
+    )
+
+
+def _tables(value: Any, where: str, key: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise SuiteError(f"{where}: `{key}` must map method names to tables of parameters")
+    return {str(k): dict(v) for k, v in value.items()}
+
+
+def _string(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SuiteError(f"{where}: `{key}` must be a non-empty string")
+    return value
+
+
+def _strings(value: list[Any], where: str, key: str) -> list[str]:
+    return [_string(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _ints(value: list[Any], where: str, key: str) -> list[int]:
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise SuiteError(f"{where}: `{key}` must be a non-empty list of integers")
+    return list(value)

@@ -1,0 +1,1 @@
+"""Distiller plugins (one file per method)."""

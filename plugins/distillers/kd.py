@@ -1,0 +1,68 @@
+"""KD: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS-W 2015.
+
+CIFAR defaults (T=4, CE 0.1, KD 0.9) are those of the CRD benchmark (Tian et al.,
+ICLR 2020, RepDistiller) and MDistiller's KD config, which the leaderboards use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdbench import Batch, Distiller, DistillerSpec, Progress, Signals, hookimpl
+
+__all__ = ["kd_loss", "KD"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Return T² · mean over the batch of KL(softmax(t/T) ‖ softmax(s/T)).
+
+    The T² factor keeps gradient magnitudes comparable across temperatures
+    (Hinton et al. 2015, section 2). Computed in float32 for stability.
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+    return kl.mean() * temperature**2
+
+
+class KD(Distiller):
+    """Match the teacher's temperature-softened class distribution."""
+
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module | None,
+        context: object,
+        temperature: float = 4.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
+    ):
+        super().__init__()
+        self.temperature = temperature
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+
+    def loss_terms(
+        self, student: Signals, teacher: Signals | None, batch: Batch, progress: Progress
+    ) -> dict[str, torch.Tensor]:
+        """Return the weighted CE and KD terms."""
+        assert teacher is not None
+        return {
+            "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
+            "kd": self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature),
+        }
+
+
+@hookimpl
+def kdbench_register_distillers() -> list[DistillerSpec]:
+    return [
+        DistillerSpec(
+            name="kd",
+            builder=KD,
+            description="Soft-target distillation: T²·KL between temperature-softened teacher and student",
+            citation="Hinton, Vinyals & Dean, NIPS Deep Learning Workshop 2015 (arXiv:1503.02531)",
+            defaults={"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
+            family="logit",
+        )
+    ]

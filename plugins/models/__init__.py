@@ -1,0 +1,1 @@
+"""Model-family plugins (one file per family, timm-style)."""
