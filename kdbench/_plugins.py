@@ -236,13 +236,13 @@ def create_plugin_host(
 ) -> PluginHost:
     """Build a plugin host from installed entry points plus ``plugins`` given as (name, object).
 
-    ``disabled`` (plus ``KDBENCH_DISABLE_PLUGINS``) names plugins not to load;
-    an unknown name is an error. With ``strict`` a broken plugin is fatal;
+    ``disabled`` names plugins not to load (an unknown name is an error), and
+    so does ``KDBENCH_DISABLE_PLUGINS`` (unknown names there are ignored). With ``strict`` a broken plugin is fatal;
     otherwise it is reported in :attr:`PluginHost.problems` and skipped.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    blocked = set(disabled) | set(disabled_from_env())
+    blocked = set(disabled)
     infos: list[PluginInfo] = []
     candidates: list[tuple[str, str, str, Any]] = []
     if entry_points:
@@ -251,6 +251,8 @@ def create_plugin_host(
             candidates.append((ep.name, dist.name if dist else "?", dist.version if dist else "", ep))
     candidates.extend((name, "(registered in code)", "", obj) for name, obj in plugins)
     unknown = blocked - {name for name, *_ in candidates}
+    # Names from the environment may refer to plugins installed elsewhere: no error for those.
+    blocked |= set(disabled_from_env())
     if unknown:
         known = [name for name, *_ in candidates]
         hints = {n: difflib.get_close_matches(n, known, n=1) for n in sorted(unknown)}

@@ -164,7 +164,7 @@ def _methods_by_family(plan: Sequence[PlannedRun], families: Mapping[str, str]) 
 def _accuracy_table(
     table: _Table, families: Mapping[str, str], claims: Mapping[tuple[str, str, str], Reported], markers: dict[str, str]
 ) -> str:
-    pairs = list(dict.fromkeys(table.suite.pairs))
+    pairs = list(table.suite.pairs)
     headers = ["", *(f"{p.teacher}<br>{p.student}" for p in pairs)]
     rows: list[list[str]] = []
 

@@ -1,0 +1,400 @@
+"""The results store: one SQLite row per run, and the sorted JSON lines committed beside a leaderboard.
+
+A record is a plain dict with exactly the keys in ``COLUMNS``; the JSON columns
+(config, curve, profile, versions) hold decoded Python values. The store refuses
+any existing file it does not recognise, and never deletes, rewrites or
+"repairs" it: a results database holds hours of GPU time.
+
+The database uses SQLite's default rollback journal rather than WAL: runs write a
+handful of rows minutes apart, so WAL's concurrency buys nothing, while a
+single file without ``-wal``/``-shm`` companions is easier to copy and works on
+network file systems. Concurrent writers wait up to ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from kdbench.errors import ResultsStoreError
+
+__all__ = [
+    "COLUMNS",
+    "JSON_COLUMNS",
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "ResultsStore",
+    "open_store",
+    "read_jsonl",
+    "write_jsonl",
+]
+
+SCHEMA_NAME = "kdbench-results"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "suite",
+    "kind",
+    "status",
+    "config",
+    "best_top1",
+    "last_top1",
+    "best_epoch",
+    "curve",
+    "profile",
+    "wall_seconds",
+    "versions",
+    "device",
+    "git_commit",
+    "error",
+    "created",
+)
+JSON_COLUMNS = frozenset({"config", "curve", "profile", "versions"})
+KINDS = frozenset({"teacher", "student"})
+STATUSES = frozenset({"finished", "diverged", "failed"})
+RESULT_STATUSES = ("finished", "diverged")
+"""Statuses that are results: a diverged run is not retried, a failed one is."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        suite TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        config TEXT NOT NULL,
+        best_top1 REAL,
+        last_top1 REAL,
+        best_epoch INTEGER,
+        curve TEXT NOT NULL,
+        profile TEXT,
+        wall_seconds REAL,
+        versions TEXT NOT NULL,
+        device TEXT,
+        git_commit TEXT,
+        error TEXT,
+        created TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite)",
+)
+
+
+def _untouched(path: Path, why: str) -> ResultsStoreError:
+    """Return the error for an existing file that is not ours."""
+    return ResultsStoreError(
+        f"{path} is not a kdbench results database ({why}); the file was left untouched. "
+        "Move it away or choose another results path."
+    )
+
+
+def _check_header(path: Path) -> None:
+    """Raise unless ``path`` is missing, empty, or starts like an SQLite database."""
+    if path.exists() and not path.is_file():
+        raise _untouched(path, "not a regular file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ResultsStoreError(f"cannot read results database {path}: {exc}") from None
+    if head and head != SQLITE_MAGIC:
+        raise _untouched(path, "not an SQLite file")
+
+
+def _validate(path: Path, connection: sqlite3.Connection) -> bool:
+    """Return True if the database holds no tables yet, False if it is ours; raise otherwise."""
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return True
+    if "meta" not in tables:
+        raise _untouched(path, f"an SQLite database without kdbench's marker; its tables: {', '.join(sorted(tables))}")
+    try:
+        meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError:
+        raise _untouched(path, "an SQLite database whose meta table is not kdbench's") from None
+    if meta.get("schema") != SCHEMA_NAME:
+        raise _untouched(path, f"an SQLite database marked {meta.get('schema')!r}, not {SCHEMA_NAME!r}")
+    _check_version(path, meta.get("version"))
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    missing = [name for name in COLUMNS if name not in columns]
+    if missing:
+        raise ResultsStoreError(f"results database {path} is damaged: table runs lacks {', '.join(missing)}")
+    return False
+
+
+def _check_version(path: Path, value: Any) -> None:
+    """Raise unless ``value`` names a schema version this kdbench reads."""
+    try:
+        version = int(value)
+    except (TypeError, ValueError):
+        raise ResultsStoreError(f"results database {path} has an unreadable schema version {value!r}") from None
+    if version > SCHEMA_VERSION:
+        raise ResultsStoreError(
+            f"results database {path} has schema version {version}, written by a newer kdbench; "
+            f"this kdbench reads version {SCHEMA_VERSION}. Upgrade kdbench to use it."
+        )
+    if version < 1:
+        raise ResultsStoreError(f"results database {path} has an unknown schema version {version}")
+
+
+def _inspect_read_only(path: Path, timeout: float) -> None:
+    """Validate an existing file through a read-only connection, so a rejected file is never written."""
+    if not path.is_file():
+        return
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=timeout)
+    except sqlite3.Error as exc:
+        raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
+    try:
+        _validate(path, connection)
+    except sqlite3.DatabaseError as exc:
+        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
+    finally:
+        connection.close()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _encode(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Return the row for ``record``; raise ValueError if it is not a well-formed run record."""
+    values = dict(record)
+    if values.get("created") is None:
+        values["created"] = _now()
+    missing = [name for name in COLUMNS if name not in values]
+    unknown = sorted(set(values) - set(COLUMNS))
+    if missing or unknown:
+        raise ValueError(f"a run record needs exactly the keys {COLUMNS}; missing {missing}, unknown {unknown}")
+    if not isinstance(values["run_id"], str) or not values["run_id"]:
+        raise ValueError(f"run_id must be a non-empty string, got {values['run_id']!r}")
+    if values["kind"] not in KINDS:
+        raise ValueError(f"run {values['run_id']}: kind must be one of {sorted(KINDS)}, got {values['kind']!r}")
+    if values["status"] not in STATUSES:
+        raise ValueError(f"run {values['run_id']}: status must be one of {sorted(STATUSES)}, got {values['status']!r}")
+    row = []
+    for name in COLUMNS:
+        value = values[name]
+        if name in JSON_COLUMNS and not (name == "profile" and value is None):
+            try:
+                value = json.dumps(value, sort_keys=True, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"run {values['run_id']}: {name} is not JSON-serialisable: {exc}") from None
+        row.append(value)
+    return tuple(row)
+
+
+class ResultsStore:
+    """An SQLite results database at ``path``: one row per run, keyed by run id.
+
+    The parent directory is created and a new (or empty) file gets the schema.
+    An existing file that is not an SQLite database, an SQLite database without
+    kdbench's marker, or one written by a newer kdbench raises ResultsStoreError
+    and is left byte-identical. Use it as a context manager, or call ``close``.
+    """
+
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsStoreError(f"cannot create the directory of results database {self.path}: {exc}") from None
+        _check_header(self.path)
+        _inspect_read_only(self.path, timeout)
+        try:
+            self._connection: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise ResultsStoreError(f"cannot open results database {self.path}: {exc}") from None
+        try:
+            self._initialise()
+        except BaseException:
+            self.close()
+            raise
+
+    def _initialise(self) -> None:
+        """Create the schema if the database is empty; re-check under the write lock against a racing writer."""
+        with self._errors("open"):
+            if not _validate(self.path, self._db):
+                return
+            with self._transaction() as db:
+                if _validate(self.path, db):
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        [("schema", SCHEMA_NAME), ("version", str(SCHEMA_VERSION))],
+                    )
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise ResultsStoreError(f"results database {self.path} is closed")
+        return self._connection
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn SQLite errors raised in the block into ResultsStoreError naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise ResultsStoreError(f"results database {self.path}: cannot {action}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one write transaction: all of it is committed, or none."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection; further calls raise ResultsStoreError."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    def put(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace one run record in one transaction (``created`` is filled in when absent)."""
+        row = _encode(record)
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        with self._errors(f"store run {row[0]}"), self._transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders})", row)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the record of ``run_id``, or None if it is not stored."""
+        with self._errors(f"read run {run_id}"):
+            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else self._decode(row)
+
+    def __contains__(self, run_id: object) -> bool:
+        with self._errors("look up a run"):
+            return self._db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+    def finished_ids(self) -> set[str]:
+        """Return the ids of runs that have a result (finished or diverged); failed runs are to be retried."""
+        marks = ", ".join("?" for _ in RESULT_STATUSES)
+        with self._errors("list finished runs"):
+            rows = self._db.execute(f"SELECT run_id FROM runs WHERE status IN ({marks})", RESULT_STATUSES)
+            return {row[0] for row in rows}
+
+    def records(self, suite: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Return every stored record, optionally of one suite and/or status, sorted by run id."""
+        clauses, params = [], []
+        for name, value in (("suite", suite), ("status", status)):
+            if value is not None:
+                clauses.append(f"{name} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._errors("read runs"):
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs{where}", params).fetchall()
+        return sorted((self._decode(row) for row in rows), key=lambda record: record["run_id"])
+
+    def delete(self, run_id: str) -> bool:
+        """Return whether ``run_id`` was stored, after deleting it."""
+        with self._errors(f"delete run {run_id}"), self._transaction() as db:
+            return db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+
+    def _decode(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """Return the record of a row; raise ResultsStoreError naming the run if a JSON column is corrupt."""
+        record = dict(zip(COLUMNS, row))
+        for name in JSON_COLUMNS:
+            text = record[name]
+            if text is None and name == "profile":
+                continue
+            try:
+                record[name] = json.loads(text)
+            except (TypeError, ValueError) as exc:
+                raise ResultsStoreError(
+                    f"results database {self.path}: run {record['run_id']} has corrupt JSON in column {name}: {exc}"
+                ) from None
+        return record
+
+
+def open_store(path: Path | str, timeout: float = 30.0) -> ResultsStore:
+    """Return the ResultsStore at ``path`` (an alias of the constructor)."""
+    return ResultsStore(path, timeout)
+
+
+def _jsonl_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def write_jsonl(records: Iterable[Mapping[str, Any]], path: Path | str) -> None:
+    """Write ``records`` to ``path`` as JSON lines sorted by run id, keys sorted: same records, same bytes.
+
+    The file is replaced atomically. Duplicate run ids raise ValueError, since
+    their order would depend on the input's.
+    """
+    path = Path(path)
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        run_id = record.get("run_id")
+        if not isinstance(run_id, str):
+            raise ValueError(f"every record needs a string run_id, got {run_id!r}")
+        if run_id in by_id:
+            raise ValueError(f"run {run_id} appears twice")
+        by_id[run_id] = record
+    text = "".join(_jsonl_line(by_id[run_id]) + "\n" for run_id in sorted(by_id))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """Return the records of a JSON-lines file; a malformed line raises ResultsStoreError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsStoreError(f"result records {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsStoreError(f"cannot read result records {path}: {exc}") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ResultsStoreError(f"{path}:{number}: malformed JSON line: {exc}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
+            raise ResultsStoreError(f"{path}:{number}: not a run record (a JSON object with a string run_id)")
+        records.append(record)
+    return records

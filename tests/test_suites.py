@@ -1,0 +1,97 @@
+"""Suite files: parsing, validation errors that name the culprit, the shipped suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import kdbench
+from kdbench.errors import SuiteError
+from kdbench.suites import load_suite_file, parse_suite
+
+MINIMAL = {"name": "x", "description": "d", "dataset": "digits", "pairs": [{"teacher": "a", "student": "b"}]}
+
+
+def test_minimal_suite_gets_the_cifar_recipe_and_three_seeds() -> None:
+    suite = parse_suite(MINIMAL)
+    assert suite.seeds == (0, 1, 2) and suite.distillers == ("*",)
+    assert (suite.recipe.epochs, suite.recipe.batch_size, suite.recipe.lr) == (240, 64, 0.05)
+    assert suite.recipe.lr_milestones == (150, 180, 210)
+
+
+def test_lr_schedule_decays_after_each_milestone_as_the_reference_code() -> None:
+    # RepDistiller/MDistiller: lr = base · 0.1^(#milestones < epoch) with 1-based epochs.
+    recipe = kdbench.Recipe(lr_overrides={"ShuffleV1": 0.01})
+    for epoch0 in range(240):
+        epoch1 = epoch0 + 1
+        steps = sum(epoch1 > m for m in (150, 180, 210))
+        assert recipe.lr_at(epoch0, "resnet8") == pytest.approx(0.05 * 0.1**steps)
+    assert recipe.lr_at(0, "ShuffleV1") == 0.01
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pairz": []}, "unknown key.*pairz"),
+        ({"pairs": None}, "missing required key.*pairs"),
+        ({"seeds": "0"}, "`seeds` must be a list"),
+        ({"seeds": []}, "`seeds` must be a non-empty list of integers"),
+        ({"recipe": {"epochz": 3}}, r"unknown key\(s\) in \[recipe\]: epochz"),
+        ({"recipe": {"epochs": 0}}, "epochs must be a positive integer"),
+        ({"pairs": [{"teacher": "a"}]}, r"pairs\[0\] needs `teacher` and `student`"),
+        ({"epoch_rule": "median"}, "epoch_rule"),
+        ({"distiller_params": {"kd": 3}}, "distiller_params"),
+    ],
+)
+def test_malformed_suites_name_the_problem(change: dict, message: str) -> None:
+    data = {**MINIMAL, **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(SuiteError, match=message):
+        parse_suite(data, source="bad.toml")
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x\n', encoding="utf-8")
+    with pytest.raises(SuiteError, match="broken.toml is not valid TOML"):
+        load_suite_file(path)
+    with pytest.raises(SuiteError, match="cannot read suite file .*missing.toml"):
+        load_suite_file(tmp_path / "missing.toml")
+
+
+def test_shipped_suites_are_registered_and_reference_registered_names(host: kdbench.PluginHost) -> None:
+    assert {"smoke", "cifar100-similar", "cifar100-different", "cifar10"} <= set(host.suites.names())
+    for suite in host.suites:
+        host.datasets.get(suite.dataset)
+        for pair in suite.pairs:
+            host.models.get(pair.teacher)
+            host.models.get(pair.student)
+
+
+def test_cifar_suites_have_the_seed_tables_pairs(host: kdbench.PluginHost) -> None:
+    similar = [(p.teacher, p.student) for p in host.suites.get("cifar100-similar").pairs]
+    assert similar == [
+        ("resnet56", "resnet20"),
+        ("resnet110", "resnet32"),
+        ("resnet110", "resnet20"),
+        ("resnet32x4", "resnet8x4"),
+        ("wrn_40_2", "wrn_16_2"),
+        ("wrn_40_2", "wrn_40_1"),
+        ("vgg13", "vgg8"),
+    ]
+    different = host.suites.get("cifar100-different")
+    assert [(p.teacher, p.student) for p in different.pairs] == [
+        ("vgg13", "MobileNetV2"),
+        ("ResNet50", "MobileNetV2"),
+        ("ResNet50", "vgg8"),
+        ("resnet32x4", "ShuffleV1"),
+        ("resnet32x4", "ShuffleV2"),
+        ("wrn_40_2", "ShuffleV1"),
+    ]
+    assert {s: different.recipe.base_lr(s) for s in ("MobileNetV2", "ShuffleV1", "ShuffleV2", "vgg8")} == {
+        "MobileNetV2": 0.01,
+        "ShuffleV1": 0.01,
+        "ShuffleV2": 0.01,
+        "vgg8": 0.05,
+    }
