@@ -1,0 +1,101 @@
+"""The command line: listings, dry runs, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdbench.cli import main
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kdbench: error:")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_suite_is_one_line_error() -> None:
+    _one_line_error(_cli("run", "--suite", "cifar100-similr", "--dry-run"), "unknown suite 'cifar100-similr'", "cifar100-similar")
+
+
+def test_unknown_plugin_is_one_line_error() -> None:
+    _one_line_error(_cli("list", "models", "-p", "no:resnet_zoo"), "unknown plugin 'resnet_zoo'")
+    _one_line_error(_cli("run", "--suite", "smoke", "--dry-run", "-p", "kd"), "-p takes no:NAME")
+
+
+def test_malformed_suite_file_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndescription = "d"\ndataset = "digits"\npairs = [{teacher = "a"}]\n', encoding="utf-8")
+    _one_line_error(_cli("run", "--suite", str(bad), "--dry-run"), str(bad), "pairs[0] needs `teacher` and `student`")
+    bad.write_text("name = [\n", encoding="utf-8")
+    _one_line_error(_cli("run", "--suite", str(bad), "--dry-run"), "not valid TOML")
+
+
+def test_suite_naming_an_unknown_method_is_one_line_error(tmp_path: Path) -> None:
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'name = "s"\ndescription = "d"\ndataset = "digits"\ndistillers = ["kdd"]\n'
+        'pairs = [{teacher = "digits_cnn_l", student = "digits_cnn_s"}]\n',
+        encoding="utf-8",
+    )
+    _one_line_error(_cli("run", "--suite", str(suite), "--dry-run"), "unknown distiller 'kdd'", "'kd'")
+
+
+def test_missing_cifar_data_stops_at_once_naming_the_path(tmp_path: Path) -> None:
+    result = _cli(
+        "run", "--suite", "cifar100-similar", "--data-root", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r.db")
+    )
+    _one_line_error(result, str(tmp_path / "nowhere" / "cifar-100-python"), "--download")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_plans_every_run_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--suite", "cifar100-similar", "--dry-run", "--data-root", str(tmp_path / "none")])
+    out = capsys.readouterr().out
+    assert code == 0
+    # 5 teachers + 6 vanilla students × 3 seeds + 7 pairs × 3 seeds per distilling method.
+    from kdbench import list_distillers
+
+    distilling = len([d for d in list_distillers() if d != "vanilla"])
+    assert f"{5 + 18 + 21 * distilling} runs, 0 already stored" in out
+    assert "resnet32x4→resnet8x4" in out and "240" in out and "to run" in out
+
+
+def test_listings_show_registries_with_citations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "distillers"]) == 0
+    out = capsys.readouterr().out
+    assert "Hinton" in out and "temperature=4.0" in out
+    assert main(["list", "models", "resnet8*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet8x4" in out and "wrn_16_2" not in out
+    assert main(["list", "suites"]) == 0
+    assert "cifar100-similar" in capsys.readouterr().out
+    assert main(["list", "datasets"]) == 0
+    assert "digits" in capsys.readouterr().out
+
+
+def test_plugins_command_shows_distribution_and_registrations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "kdbench 0.1.0" in out
+    line = next(line for line in out.splitlines() if line.startswith("kd "))
+    assert "distillers: kd" in line and "loaded" in line
+
+
+def test_profile_prints_params_macs_and_latency(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "resnet8x4", "--batch-sizes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1,233,540 params" in out and "MACs" in out and "latency batch 1" in out and "cpu" in out
