@@ -11,15 +11,15 @@ from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.specs import DatasetSpec, DistillerSpec, SuiteSpec
 
 __all__ = [
-    "default_host",
     "create_model",
-    "list_models",
-    "list_distillers",
-    "get_distiller",
-    "list_datasets",
+    "default_host",
     "get_dataset",
-    "list_suites",
+    "get_distiller",
     "get_suite",
+    "list_datasets",
+    "list_distillers",
+    "list_models",
+    "list_suites",
 ]
 
 
@@ -33,7 +33,9 @@ def _host(host: PluginHost | None) -> PluginHost:
     return host if host is not None else default_host()
 
 
-def create_model(name: str, num_classes: int | None = None, *, host: PluginHost | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int | None = None, *, host: PluginHost | None = None, **kwargs: Any
+) -> nn.Module:
     """Return a freshly initialised model ``name`` (default classes: its spec's)."""
     spec = _host(host).models.get(name)
     classes = spec.default_num_classes if num_classes is None else num_classes

@@ -5,10 +5,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
-from typing import Any, Generic, Iterable, Iterator, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import pluggy
 
@@ -16,7 +17,7 @@ from kdbench import hookspecs
 from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, SuiteSpec, TeacherSpec
 
-__all__ = ["PluginHost", "PluginInfo", "Registry", "create_plugin_host", "ENTRY_POINT_GROUP", "DISABLE_ENV"]
+__all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginHost", "PluginInfo", "Registry", "create_plugin_host"]
 
 ENTRY_POINT_GROUP = "kdbench"
 DISABLE_ENV = "KDBENCH_DISABLE_PLUGINS"

@@ -6,16 +6,16 @@ import argparse
 import difflib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tabulate import tabulate
 
 from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.engine import EngineOptions
-from kdbench.errors import KdbenchError, UnknownNameError
+from kdbench.errors import KdbenchError
 from kdbench.leaderboard import load_reported, render_leaderboard
 from kdbench.profile import MACS_CONVENTION, profile_model
 from kdbench.results import ResultsStore, read_jsonl, write_jsonl
@@ -23,7 +23,7 @@ from kdbench.runner import PlannedRun, RunnerOptions, plan_suite, run_suite, sel
 from kdbench.specs import SuiteSpec
 from kdbench.suites import load_suite_file
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 LIST_KINDS = ("models", "distillers", "datasets", "suites", "teachers")
 
@@ -168,7 +168,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_plan(plan, done)
         return 0
     engine = EngineOptions(
-        device=torch.device(args.device), bf16=args.bf16, channels_last=args.channels_last, progress=not args.no_progress
+        device=torch.device(args.device),
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        progress=not args.no_progress,
     )
     options = RunnerOptions(
         data_root=args.data_root,

@@ -10,7 +10,7 @@ from torch import nn
 
 from kdbench.features import Signals
 
-__all__ = ["Distiller", "DistillContext", "Progress", "Batch"]
+__all__ = ["Batch", "DistillContext", "Distiller", "Progress"]
 
 
 @final

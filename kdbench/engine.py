@@ -10,12 +10,14 @@ divergence check).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ from kdbench.features import FeatureCapture, Signals
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import DatasetSpec, ImageData, Recipe
 
-__all__ = ["EngineOptions", "TrainedModel", "train_run", "load_state", "evaluate"]
+__all__ = ["EngineOptions", "TrainedModel", "evaluate", "load_state", "train_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "final.pt"
@@ -39,7 +41,7 @@ _CHECKPOINT_FORMAT = "kdbench-checkpoint-1"
 class EngineOptions:
     """How (not what) to train: device and speed switches that leave the recipe's math unchanged."""
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     bf16: bool = False
     channels_last: bool = False
     progress: bool = False
@@ -106,7 +108,9 @@ def load_state(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # RepDistiller stores its argparse options beside the weights: allow exactly that class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — "

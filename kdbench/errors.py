@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
+    "DataNotFoundError",
+    "DuplicateNameError",
     "KdbenchError",
     "PluginError",
-    "DuplicateNameError",
-    "UnknownNameError",
-    "SuiteError",
-    "DataNotFoundError",
-    "CheckpointError",
     "ResultsStoreError",
+    "SuiteError",
+    "UnknownNameError",
 ]
 
 

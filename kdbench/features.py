@@ -13,13 +13,14 @@ while a :class:`FeatureCapture` is active, and only for the signals requested.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, final
+from typing import final
 
 import torch
 from torch import nn
 
-__all__ = ["FeatureTaps", "Signals", "FeatureCapture", "SIGNALS"]
+__all__ = ["SIGNALS", "FeatureCapture", "FeatureTaps", "Signals"]
 
 #: Every signal a distiller can request from a model.
 SIGNALS = frozenset({"logits", "feats", "preact", "embedding"})

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from kdbench.records import EpochRecord, RunInfo, RunResult
     from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, SuiteSpec, TeacherSpec
 
-__all__ = ["hookspec", "hookimpl", "CONTRACT_VERSION", "PROJECT"]
+__all__ = ["CONTRACT_VERSION", "PROJECT", "hookimpl", "hookspec"]
 
 PROJECT = "kdbench"
 CONTRACT_VERSION = 1

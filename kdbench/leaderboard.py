@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -21,7 +22,7 @@ from kdbench.profile import MACS_CONVENTION
 from kdbench.runner import PlannedRun
 from kdbench.specs import SuiteSpec
 
-__all__ = ["Reported", "load_reported", "render_leaderboard", "cell_stats"]
+__all__ = ["Reported", "cell_stats", "load_reported", "render_leaderboard"]
 
 PENDING = "—"
 FAMILY_TITLES = {"baseline": "Baseline", "logit": "Logit-based", "feature": "Feature-based"}
@@ -118,14 +119,19 @@ class _Table:
 
     def student_cell(self, student: str) -> _Cell:
         return self._values(
-            r for r in self.plan if r.kind == "student" and not r.config.get("teacher") and r.config["student"] == student
+            r
+            for r in self.plan
+            if r.kind == "student" and not r.config.get("teacher") and r.config["student"] == student
         )
 
     def method_cell(self, method: str, pair_label: str) -> _Cell:
         return self._values(
             r
             for r in self.plan
-            if r.kind == "student" and r.pair is not None and r.pair.label == pair_label and r.config["distiller"] == method
+            if r.kind == "student"
+            and r.pair is not None
+            and r.pair.label == pair_label
+            and r.config["distiller"] == method
         )
 
 
@@ -171,8 +177,12 @@ def _accuracy_table(
     def claim(pair: Any, key: str) -> Reported | None:
         return claims.get((pair.teacher, pair.student, key))
 
-    rows.append(["Teacher", *(_cell_text(table.teacher_cell(p.teacher), False, claim(p, "teacher"), markers) for p in pairs)])
-    rows.append(["Student", *(_cell_text(table.student_cell(p.student), False, claim(p, "student"), markers) for p in pairs)])
+    rows.append(
+        ["Teacher", *(_cell_text(table.teacher_cell(p.teacher), False, claim(p, "teacher"), markers) for p in pairs)]
+    )
+    rows.append(
+        ["Student", *(_cell_text(table.student_cell(p.student), False, claim(p, "student"), markers) for p in pairs)]
+    )
     for family, methods in _methods_by_family(table.plan, families):
         rows.append([f"*{FAMILY_TITLES.get(family, family.title())}*", *([""] * len(pairs))])
         cells = {(m, p.label): table.method_cell(m, p.label) for m in methods for p in pairs}
@@ -207,7 +217,14 @@ def _efficiency_table(table: _Table) -> str:
     if not profiles:
         return f"{PENDING} (no profiled runs stored yet)"
     batch_sizes = sorted({int(lat["batch_size"]) for p in profiles.values() for lat in p.get("latency", [])})
-    headers = ["model", "params", "MACs (M)", *(f"latency b={b} (ms)" for b in batch_sizes), "training-only params", "device"]
+    headers = [
+        "model",
+        "params",
+        "MACs (M)",
+        *(f"latency b={b} (ms)" for b in batch_sizes),
+        "training-only params",
+        "device",
+    ]
     rows = []
     for arch in sorted(profiles):
         profile = profiles[arch]
@@ -231,7 +248,11 @@ def _provenance(table: _Table) -> list[str]:
     versions = sorted({r["versions"]["kdbench"] for r in records if r.get("versions")})
     minutes = sum(float(r.get("wall_seconds") or 0) for r in records) / 60
     recipe = table.suite.recipe
-    rule = "best epoch (MDistiller convention)" if table.suite.epoch_rule == "best" else "last epoch (RepDistiller convention)"
+    rule = (
+        "best epoch (MDistiller convention)"
+        if table.suite.epoch_rule == "best"
+        else "last epoch (RepDistiller convention)"
+    )
     return [
         f"- **Top-1 (%)** on the `{table.suite.dataset}` test set, **{rule}**, mean ± sample std over seeds "
         f"{', '.join(map(str, table.suite.seeds))}; `n` = runs stored; {PENDING} = not run yet.",

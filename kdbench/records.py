@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, final
+from typing import Any, final
 
-__all__ = ["RunInfo", "EpochRecord", "RunResult"]
+__all__ = ["EpochRecord", "RunInfo", "RunResult"]
 
 
 @final

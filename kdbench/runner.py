@@ -8,9 +8,10 @@ import json
 import platform
 import subprocess
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from kdbench.records import RunInfo, RunResult
 from kdbench.results import ResultsStore
 from kdbench.specs import DatasetSpec, ImageData, PairSpec, Recipe, SuiteSpec
 
-__all__ = ["PlannedRun", "RunnerOptions", "SuiteReport", "plan_suite", "select_runs", "run_suite", "run_id_of"]
+__all__ = ["PlannedRun", "RunnerOptions", "SuiteReport", "plan_suite", "run_id_of", "run_suite", "select_runs"]
 
 CONFIG_VERSION = 1
 
@@ -134,7 +135,9 @@ def _check_names(suite: SuiteSpec, host: PluginHost) -> None:
         raise UnknownNameError(f"{where}: {exc}") from None
 
 
-def plan_suite(suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None) -> list[PlannedRun]:
+def plan_suite(
+    suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None
+) -> list[PlannedRun]:
     """Return every run of ``suite`` in execution order: teachers first, then students, each once."""
     _check_names(suite, host)
     overrides = teacher_overrides or {}
@@ -173,7 +176,9 @@ def plan_suite(suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[st
                 run_id = run_id_of(config)
                 if run_id not in planned or planned[run_id].kind == "teacher":
                     kind = "student" if run_id not in planned else "teacher"
-                    planned[run_id] = PlannedRun(run_id, kind, config, pair if spec.needs_teacher else None, teacher_run)
+                    planned[run_id] = PlannedRun(
+                        run_id, kind, config, pair if spec.needs_teacher else None, teacher_run
+                    )
     return list(planned.values())
 
 
@@ -245,7 +250,9 @@ class _SuiteExecution:
         if "run" in ref:
             path, state_key = self.options.work_root / ref["run"] / FINAL_NAME, "model"
             if not path.is_file():
-                raise CheckpointError(f"teacher run {ref['run']} ({arch}) has no weights at {path}; it must finish first")
+                raise CheckpointError(
+                    f"teacher run {ref['run']} ({arch}) has no weights at {path}; it must finish first"
+                )
         else:
             path, state_key = self._teacher_file(ref["checkpoint"])
         state = load_state(path)
@@ -254,7 +261,9 @@ class _SuiteExecution:
         try:
             model.load_state_dict(weights, strict=True)
         except (RuntimeError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"teacher checkpoint {path} does not fit {arch}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"teacher checkpoint {path} does not fit {arch}: {str(exc).splitlines()[0]}"
+            ) from None
         model.to(self.options.engine.device).eval().requires_grad_(False)
         return TrainedModel(arch, model)
 
@@ -308,7 +317,9 @@ class _SuiteExecution:
         }
 
     def _evaluate_checkpoint(self, config: Mapping[str, Any], data: ImageData) -> RunResult:
-        teacher = self.teacher_for({"teacher": {"arch": config["student"], "checkpoint": config["evaluate_checkpoint"]}})
+        teacher = self.teacher_for(
+            {"teacher": {"arch": config["student"], "checkpoint": config["evaluate_checkpoint"]}}
+        )
         assert teacher is not None
         device = self.options.engine.device
         top1 = evaluate(
@@ -388,7 +399,9 @@ def run_suite(
     for run in bar:
         bar.set_postfix_str(run.label)
         if run.teacher_run in failed_teachers:
-            result = RunResult(status="failed", error=f"teacher run {run.teacher_run} failed: {failed_teachers[run.teacher_run]}")
+            result = RunResult(
+                status="failed", error=f"teacher run {run.teacher_run} failed: {failed_teachers[run.teacher_run]}"
+            )
             store.put(execution.record(run, result, None))
         else:
             result = execution.execute(run)

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import torch
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from kdbench.distiller import Distiller, DistillContext
+    from kdbench.distiller import Distiller
 
 __all__ = [
-    "ModelSpec",
     "AugmentSpec",
-    "ImageData",
     "DatasetSpec",
     "DistillerSpec",
-    "TeacherSpec",
-    "Recipe",
+    "ImageData",
+    "ModelSpec",
     "PairSpec",
+    "Recipe",
     "SuiteSpec",
+    "TeacherSpec",
 ]
 
 Family = Literal["baseline", "logit", "feature"]

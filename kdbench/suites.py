@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from kdbench.errors import SuiteError
 from kdbench.specs import PairSpec, Recipe, SuiteSpec
@@ -62,7 +63,7 @@ def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
         if key in data and not isinstance(data[key], kind):
             raise SuiteError(f"{where}: `{key}` must be a {kind.__name__}, got {type(data[key]).__name__}")
     if data.get("epoch_rule", "best") not in ("best", "last"):
-        raise SuiteError(f"{where}: `epoch_rule` must be \"best\" or \"last\"")
+        raise SuiteError(f'{where}: `epoch_rule` must be "best" or "last"')
     recipe = _recipe(data.get("recipe", {}), where, "recipe")
     teacher_recipe = _recipe(data["teacher_recipe"], where, "teacher_recipe") if "teacher_recipe" in data else None
     return SuiteSpec(

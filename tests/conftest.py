@@ -45,7 +45,9 @@ def tiny_suite_file(tmp_path: Path) -> Path:
     return path
 
 
-def make_distribution(site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+def make_distribution(
+    site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
     """Write an installed-looking distribution (dist-info with entry points) and its modules into ``site``."""
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)

@@ -28,7 +28,9 @@ def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> Non
 
 
 def test_unknown_suite_is_one_line_error() -> None:
-    _one_line_error(_cli("run", "--suite", "cifar100-similr", "--dry-run"), "unknown suite 'cifar100-similr'", "cifar100-similar")
+    _one_line_error(
+        _cli("run", "--suite", "cifar100-similr", "--dry-run"), "unknown suite 'cifar100-similr'", "cifar100-similar"
+    )
 
 
 def test_unknown_plugin_is_one_line_error() -> None:
@@ -56,7 +58,13 @@ def test_suite_naming_an_unknown_method_is_one_line_error(tmp_path: Path) -> Non
 
 def test_missing_cifar_data_stops_at_once_naming_the_path(tmp_path: Path) -> None:
     result = _cli(
-        "run", "--suite", "cifar100-similar", "--data-root", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r.db")
+        "run",
+        "--suite",
+        "cifar100-similar",
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--results",
+        str(tmp_path / "r.db"),
     )
     _one_line_error(result, str(tmp_path / "nowhere" / "cifar-100-python"), "--download")
     assert not (tmp_path / "runs").exists()

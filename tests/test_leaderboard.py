@@ -39,7 +39,9 @@ def _records(plan, top1_of) -> list[dict]:
                     "extra_params": 0,
                     "macs": 2_000_000,
                     "macs_convention": "x",
-                    "latency": [{"batch_size": 1, "median_ms": 1.5, "p90_ms": None, "iterations": 5, "device_name": "cpu"}],
+                    "latency": [
+                        {"batch_size": 1, "median_ms": 1.5, "p90_ms": None, "iterations": 5, "device_name": "cpu"}
+                    ],
                     "device_name": "cpu: test",
                 },
                 "wall_seconds": 60.0,
@@ -105,7 +107,9 @@ class _SecondMethod:
     def kdbench_register_distillers(self):
         from kdbench_plugins.distillers.kd import KD
 
-        return [kdbench.DistillerSpec(name="kd_hot", builder=KD, description="KD at T=8", defaults={"temperature": 8.0})]
+        return [
+            kdbench.DistillerSpec(name="kd_hot", builder=KD, description="KD at T=8", defaults={"temperature": 8.0})
+        ]
 
 
 def test_best_method_per_column_is_bold() -> None:

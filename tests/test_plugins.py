@@ -30,7 +30,9 @@ def test_first_party_plugins_are_entry_points(host: kdbench.PluginHost) -> None:
 
 
 def test_third_party_distribution_is_discovered(fake_site: Path) -> None:
-    make_distribution(fake_site, "kdbench-fake", "1.2.3", {"kd_fake": "kdbench_fake_good"}, {"kdbench_fake_good": GOOD_PLUGIN})
+    make_distribution(
+        fake_site, "kdbench-fake", "1.2.3", {"kd_fake": "kdbench_fake_good"}, {"kdbench_fake_good": GOOD_PLUGIN}
+    )
     host = kdbench.create_plugin_host(strict=True)
     info = next(p for p in host.plugins if p.name == "kd_fake")
     assert (info.distribution, info.version, info.status) == ("kdbench-fake", "1.2.3", "loaded")
@@ -41,7 +43,11 @@ def test_third_party_distribution_is_discovered(fake_site: Path) -> None:
 
 def test_broken_distribution_is_reported_by_name_and_skipped(fake_site: Path) -> None:
     make_distribution(
-        fake_site, "kdbench-broken", "0.1", {"broken": "kdbench_fake_broken"}, {"kdbench_fake_broken": "import nope_x\n"}
+        fake_site,
+        "kdbench-broken",
+        "0.1",
+        {"broken": "kdbench_fake_broken"},
+        {"kdbench_fake_broken": "import nope_x\n"},
     )
     host = kdbench.create_plugin_host()
     assert any("'broken'" in line and "nope_x" in line for line in host.problems)

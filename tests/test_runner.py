@@ -169,3 +169,33 @@ def test_missing_teacher_checkpoint_is_one_clear_error(host, tiny_suite_file, tm
     with ResultsStore(tmp_path / "r.sqlite") as store:
         report = run_suite(suite, host, store, options)
     assert report.failed and all("nope.pth" in error for _, error in report.failed)
+
+
+def test_reference_format_teacher_checkpoint_loads_strictly_and_is_evaluated(host, tiny_suite_file, tmp_path) -> None:
+    import argparse
+
+    teacher = kdbench.create_model("digits_cnn_m", host=host)
+    # The CRD/MDistiller layout: a dict with the state_dict under "model" (RepDistiller adds its options).
+    checkpoint = tmp_path / "digits_cnn_m_vanilla" / "ckpt_epoch_240.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"epoch": 240, "model": teacher.state_dict(), "opt": argparse.Namespace(lr=0.05)}, checkpoint)
+    suite = replace(load_suite_file(tiny_suite_file), distillers=("kd",))
+    options = _options(tmp_path, teacher_overrides={"digits_cnn_m": str(checkpoint)})
+    plan = plan_suite(suite, host, options.teacher_overrides)
+    assert [run.config["distiller"] for run in plan if run.kind == "teacher"] == ["pretrained"]
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        report = run_suite(suite, host, store, options, runs=plan)
+        assert report.failed == ()
+        record = store.get(plan[0].run_id)
+    data = host.datasets.get("digits").loader(tmp_path, False)
+    from kdbench.engine import evaluate
+
+    expected = evaluate(teacher, data.test_images, data.test_labels, host.datasets.get("digits"), 100, False)
+    assert record["best_top1"] == pytest.approx(float(expected), abs=1e-4)
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model": kdbench.create_model("digits_cnn_s", host=host).state_dict()}, wrong)
+    options = _options(tmp_path / "w", teacher_overrides={"digits_cnn_m": str(wrong)})
+    with ResultsStore(tmp_path / "w.sqlite") as store:
+        report = run_suite(suite, host, store, options)
+    assert report.failed and "does not fit digits_cnn_m" in report.failed[0][1]

@@ -15,7 +15,9 @@ class Vanilla(Distiller):
 
     teacher_signals = frozenset()
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module | None, context: object, ce_weight: float = 1.0):
+    def __init__(
+        self, student: torch.nn.Module, teacher: torch.nn.Module | None, context: object, ce_weight: float = 1.0
+    ):
         super().__init__()
         self.ce_weight = ce_weight
 
