@@ -17,7 +17,7 @@ import torch
 
 import kdbench
 from kdbench._plugins import PluginHost
-from kdbench.engine import FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
+from kdbench.engine import CHECKPOINT_NAME, FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
 from kdbench.errors import CheckpointError, KdbenchError, UnknownNameError
 from kdbench.profile import device_name, profile_model
 from kdbench.records import RunInfo, RunResult
@@ -349,6 +349,9 @@ class _SuiteExecution:
         except Exception as exc:  # isolate the failure: record it, let the suite go on
             result = RunResult(status="failed", error=_error_text(exc))
         self.store.put(self.record(run, result, profile))
+        if result.status != "failed":
+            # Stored for good: the resume state is no longer needed (final weights stay).
+            (info.work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         self.host.notify("kdbench_run_end", run=info, result=result)
         return result
 

@@ -80,6 +80,8 @@ def test_tiny_suite_trains_stores_and_skips_finished(host, tiny_suite_file: Path
             assert record["last_top1"] == record["curve"][-1]["test_top1"]
             assert record["profile"]["params"] > 0 and record["profile"]["macs"] > 0
             assert record["versions"]["torch"] == torch.__version__
+            run_dir = tmp_path / "runs" / record["run_id"]
+            assert (run_dir / "final.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
         kd = next(r for r in records.values() if r["config"]["distiller"] == "kd")
         assert set(kd["curve"][0]["losses"]) == {"ce", "kd"}
         assert kd["curve"][1]["lr"] == pytest.approx(0.005)
