@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from kdbench.results import ResultsStore
-from kdbench.runner import RunnerOptions, plan_suite, run_suite, select_runs
+from kdbench.runner import plan_suite, select_runs
 from kdbench.suites import load_suite_file
 
 SUITE = """
@@ -35,20 +35,30 @@ student = "digits_cnn_s"
 
 
 def _kdbench(*args: str) -> subprocess.Popen:
+    # One intra-op thread: the same arithmetic in every process, and no spinning on a busy CPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "kdbench", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "kdbench", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
 
 
+def _finish(*args: str) -> None:
+    process = _kdbench(*args)
+    output = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == 0, output
+
+
 def _wait_for_epoch(checkpoint: Path, epoch: int, process: subprocess.Popen, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
+    deadline, seen = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        if checkpoint.exists():
+        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+        if stamp != seen:
+            seen = stamp
             reached = int(torch.load(checkpoint, weights_only=True)["epoch"])
             if reached >= epoch:
                 return reached
         assert process.poll() is None, process.stdout.read().decode()
-        time.sleep(0.01)
+        time.sleep(0.02)
     raise AssertionError("the run never reached the epoch to kill it at")
 
 
@@ -58,12 +68,12 @@ def test_killed_run_resumes_to_identical_numbers(host, tmp_path: Path) -> None:
     suite = load_suite_file(suite_file)
     (run,) = select_runs(plan_suite(suite, host), ["vanilla digits_cnn_s"])
 
+    common = ["--suite", str(suite_file), "-k", "vanilla digits_cnn_s", "--no-progress"]
+    _finish(*common, "--results", str(tmp_path / "reference.sqlite"), "--work-dir", str(tmp_path / "ref_runs"))
     with ResultsStore(tmp_path / "reference.sqlite") as store:
-        run_suite(suite, host, store, RunnerOptions(work_root=tmp_path / "ref_runs", latency_batch_sizes=(1,)), [run])
         reference = store.get(run.run_id)
 
-    args = ["--suite", str(suite_file), "-k", "vanilla digits_cnn_s", "--no-progress"]
-    args += ["--results", str(tmp_path / "killed.sqlite"), "--work-dir", str(tmp_path / "runs")]
+    args = [*common, "--results", str(tmp_path / "killed.sqlite"), "--work-dir", str(tmp_path / "runs")]
     checkpoint = tmp_path / "runs" / run.run_id / "checkpoint.pt"
     process = _kdbench(*args)
     killed_at = _wait_for_epoch(checkpoint, 3, process)
@@ -72,9 +82,7 @@ def test_killed_run_resumes_to_identical_numbers(host, tmp_path: Path) -> None:
     assert killed_at < 19, "killed too late to test resuming"
     assert not (tmp_path / "runs" / run.run_id / "final.pt").exists()
 
-    resumed = _kdbench(*args)
-    output = resumed.communicate(timeout=300)[0].decode()
-    assert resumed.returncode == 0, output
+    _finish(*args)
     with ResultsStore(tmp_path / "killed.sqlite") as store:
         record = store.get(run.run_id)
     assert record["status"] == "finished"
