@@ -170,6 +170,8 @@ class _Run:
         ).to(device)
         if options.channels_last:
             self.student.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.module.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
             [*self.student.parameters(), *self.distiller.parameters()],
             lr=self.recipe.base_lr(config["student"]),
@@ -256,11 +258,12 @@ class _Run:
         progress: Progress,
     ) -> dict[str, torch.Tensor]:
         with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
-            student = student_capture(batch.images)
+            # Teacher first: its activations are freed before the student's autograd graph is built.
             teacher = None
             if teacher_capture is not None:
                 with torch.no_grad():
                     teacher = teacher_capture(batch.images)
+            student = student_capture(batch.images)
             terms = self.distiller.loss_terms(student, teacher, batch, progress)
         loss = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
