@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher", action="append", default=[], metavar="ARCH=SOURCE", help="use a checkpoint for teacher ARCH"
     )
     run.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints and final weights per run")
+    run.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     board = sub.add_parser("leaderboard", parents=[plugins, store], help="render leaderboards from stored results")
@@ -109,6 +110,16 @@ def _suite(name: str, host: PluginHost) -> SuiteSpec:
     if name.endswith(".toml") or os.sep in name:
         return load_suite_file(Path(name))
     return host.suites.get(name)
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise KdbenchError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if any(value <= 0 for value in values):
+        raise KdbenchError(f"{option} takes positive integers, got {text!r}")
+    return values
 
 
 def _adjust(suite: SuiteSpec, seeds: str | None, epochs: int | None) -> SuiteSpec:
@@ -180,6 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         download=args.download,
         engine=engine,
         teacher_overrides=overrides,
+        latency_batch_sizes=_integers(args.latency_batch_sizes, "--latency-batch-sizes"),
     )
     with ResultsStore(args.results) as store:
         report = run_suite(suite, host, store, options, runs=plan)
@@ -296,10 +308,7 @@ def _list_row(kind: str, spec: object, plugin: str) -> list[str]:
 def _cmd_profile(args: argparse.Namespace) -> int:
     host = _host(args)
     spec = host.models.get(args.model)
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise KdbenchError(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
+    batch_sizes = _integers(args.batch_sizes, "--batch-sizes")
     model = spec.builder(num_classes=args.num_classes or spec.default_num_classes)
     result = profile_model(model, spec.input_size, device=torch.device(args.device), batch_sizes=batch_sizes)
     print(f"{spec.name}: {result.params:,} params, {result.macs / 1e6:.1f} M MACs ({MACS_CONVENTION})")
