@@ -16,9 +16,9 @@ from kdbench._api import (
     list_suites,
 )
 from kdbench._plugins import PluginHost, create_plugin_host
-from kdbench.distiller import Batch, DistillContext, Distiller, Progress
+from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import KdbenchError
-from kdbench.features import FeatureCapture, FeatureTaps, Signals
+from kdbench.features import FeatureCapture, FeatureTaps, Signals, feature_parameters
 from kdbench.hookspecs import hookimpl
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import (
@@ -49,7 +49,9 @@ __all__ = [
     "ImageData",
     "KdbenchError",
     "ModelSpec",
+    "OptimizerSettings",
     "PairSpec",
+    "Phase",
     "PluginHost",
     "Progress",
     "Recipe",
@@ -61,6 +63,7 @@ __all__ = [
     "__version__",
     "create_model",
     "create_plugin_host",
+    "feature_parameters",
     "get_dataset",
     "get_distiller",
     "get_suite",

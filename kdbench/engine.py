@@ -24,7 +24,7 @@ from torch import nn
 
 from kdbench._plugins import PluginHost
 from kdbench.augment import Views, apply_views, draw_views, normalize
-from kdbench.distiller import Batch, DistillContext, Distiller, Progress
+from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import FeatureCapture, Signals
 from kdbench.records import EpochRecord, RunInfo, RunResult
@@ -135,8 +135,34 @@ def evaluate(
     return correct.double() * 100.0 / images.shape[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """A contiguous block of epochs: one of the method's phases, or the main training (``phase`` None)."""
+
+    phase: Phase | None
+    start: int
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        return self.phase.name if self.phase else "main"
+
+
+def _segments(phases: tuple[Phase, ...], main_epochs: int) -> list[_Segment]:
+    segments, start = [], 0
+    for phase in (*phases, None):
+        epochs = phase.epochs if phase else main_epochs
+        segments.append(_Segment(phase, start, epochs))
+        start += epochs
+    return segments
+
+
 class _Run:
-    """The state of one run on its device: models, optimiser, data, curve."""
+    """The state of one run on its device: models, optimiser, data, curve.
+
+    Epochs are counted by one *position* over the method's phases followed by
+    the main training; the per-epoch generator and the checkpoint use it.
+    """
 
     def __init__(
         self,
@@ -156,6 +182,10 @@ class _Run:
         spec = host.distillers.get(config["distiller"])
         self.student = host.models.get(config["student"]).builder(num_classes=dataset.num_classes).to(device)
         self.teacher = teacher
+        self.train_images = data.train_images.to(device)
+        self.train_labels = data.train_labels.to(device)
+        self.test_images = data.test_images.to(device)
+        self.test_labels = data.test_labels.to(device)
         context = DistillContext(
             num_classes=dataset.num_classes,
             input_size=dataset.image_size,
@@ -164,6 +194,10 @@ class _Run:
             teacher_name=teacher.name if teacher else None,
             student_shapes=_probe(self.student, dataset.image_size, device),
             teacher_shapes=_probe(teacher.module, dataset.image_size, device) if teacher else None,
+            train_labels=self.train_labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            augment=dataset.augment,
         )
         self.distiller: Distiller = spec.builder(
             self.student, teacher.module if teacher else None, context, **config["params"]
@@ -172,25 +206,50 @@ class _Run:
             self.student.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.module.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(
-            [*self.student.parameters(), *self.distiller.parameters()],
-            lr=self.recipe.base_lr(config["student"]),
-            momentum=self.recipe.momentum,
-            weight_decay=self.recipe.weight_decay,
-            nesterov=self.recipe.nesterov,
-        )
-        self.train_images = data.train_images.to(device)
-        self.train_labels = data.train_labels.to(device)
-        self.test_images = data.test_images.to(device)
-        self.test_labels = data.test_labels.to(device)
+        self.segments = _segments(tuple(self.distiller.phases()), self.recipe.epochs)
+        self.total_epochs = sum(segment.epochs for segment in self.segments)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_segment: _Segment | None = None
         self.curve: list[EpochRecord] = []
         self.start_epoch = 0
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def segment_at(self, position: int) -> tuple[_Segment, int]:
+        """Return the segment holding global epoch ``position`` and the epoch's index inside it."""
+        for segment in self.segments:
+            if position < segment.start + segment.epochs:
+                return segment, position - segment.start
+        raise IndexError(position)
+
+    def _use_optimizer(self, segment: _Segment) -> torch.optim.Optimizer:
+        if self._optimizer_segment is not segment:
+            settings = OptimizerSettings(
+                lr=self.recipe.base_lr(self.config["student"]),
+                momentum=self.recipe.momentum,
+                weight_decay=self.recipe.weight_decay,
+                nesterov=self.recipe.nesterov,
+            )
+            if segment.phase is None:
+                parameters = [*self.student.parameters(), *self.distiller.main_parameters()]
+                self.optimizer = self.distiller.make_optimizer(parameters, settings)
+            else:
+                parameters = list(self.distiller.phase_parameters(segment.phase, self.student))
+                lr = settings.lr if segment.phase.lr is None else segment.phase.lr
+                self.optimizer = Distiller.make_optimizer(self.distiller, parameters, replace(settings, lr=lr))
+            self._optimizer_segment = segment
+        assert self.optimizer is not None
+        return self.optimizer
+
+    def _lr(self, segment: _Segment, epoch: int) -> float:
+        if segment.phase is None:
+            return self.recipe.lr_at(epoch, self.config["student"])
+        return self.recipe.base_lr(self.config["student"]) if segment.phase.lr is None else segment.phase.lr
+
+    def state(self, position: int) -> dict[str, Any]:
+        assert self.optimizer is not None
         return {
             "format": _CHECKPOINT_FORMAT,
             "config": dict(self.config),
-            "epoch": epoch,
+            "epoch": position,
             "student": self.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -201,29 +260,32 @@ class _Run:
         state = load_state(path)
         if state.get("format") != _CHECKPOINT_FORMAT or state.get("config") != dict(self.config):
             raise CheckpointError(f"checkpoint {path} belongs to another run or format; delete it to restart")
+        done = int(state["epoch"])
         try:
             self.student.load_state_dict(state["student"])
             self.distiller.load_state_dict(state["distiller"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            if done + 1 < self.total_epochs and self.segment_at(done + 1)[0] is self.segment_at(done)[0]:
+                self._use_optimizer(self.segment_at(done)[0]).load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
         self.curve = [_epoch_from_dict(e) for e in state["curve"]]
-        self.start_epoch = int(state["epoch"]) + 1
+        self.start_epoch = done + 1
 
-    def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
-        """Train one epoch; return the per-term loss sums as device tensors (no host sync)."""
+    def train_epoch(self, position: int) -> dict[str, torch.Tensor]:
+        """Train global epoch ``position``; return the mean loss terms as device tensors (no host sync)."""
         device = self.options.device
-        lr = self.recipe.lr_at(epoch, self.config["student"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        generator = _epoch_generator(int(self.config["seed"]), epoch, device)
+        segment, epoch = self.segment_at(position)
+        optimizer = self._use_optimizer(segment)
+        for group in optimizer.param_groups:
+            group["lr"] = self._lr(segment, epoch)
+        generator = _epoch_generator(int(self.config["seed"]), position, device)
         num_train = self.train_images.shape[0]
         order = torch.randperm(num_train, generator=generator, device=device)
         augment = self.dataset.augment
         views = draw_views(num_train, augment.pad, augment.flip, generator, device)
         batch_size = self.recipe.batch_size
         steps = _steps_per_epoch(num_train, batch_size)
-        self.student.train()
+        self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
         student_capture = FeatureCapture(self.student, self.distiller.student_signals)
         teacher_capture = (
@@ -235,13 +297,14 @@ class _Run:
         try:
             for step in range(steps):
                 index = order[step * batch_size : (step + 1) * batch_size]
-                images = apply_views(self.train_images[index], _subset(views, index), augment.pad)
+                raw = self.train_images[index]
+                images = apply_views(raw, _subset(views, index), augment.pad)
                 images = normalize(images, self.dataset.mean, self.dataset.std)
                 if self.options.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                batch = Batch(images=images, targets=self.train_labels[index], indices=index)
-                progress = Progress(epoch=epoch, epochs=self.recipe.epochs, step=step, steps_per_epoch=steps)
-                terms = self._step(student_capture, teacher_capture, batch, progress)
+                batch = Batch(images, self.train_labels[index], index, raw=raw, generator=generator)
+                progress = Progress(epoch, segment.epochs, step, steps, phase=segment.name)
+                terms = self._step(segment, student_capture, teacher_capture, batch, progress, optimizer)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0) + value.detach().float()
         finally:
@@ -252,23 +315,26 @@ class _Run:
 
     def _step(
         self,
+        segment: _Segment,
         student_capture: FeatureCapture,
         teacher_capture: FeatureCapture | None,
         batch: Batch,
         progress: Progress,
+        optimizer: torch.optim.Optimizer,
     ) -> dict[str, torch.Tensor]:
         with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
+            batch = self.distiller.prepare_batch(batch)
             # Teacher first: its activations are freed before the student's autograd graph is built.
             teacher = None
             if teacher_capture is not None:
                 with torch.no_grad():
                     teacher = teacher_capture(batch.images)
             student = student_capture(batch.images)
-            terms = self.distiller.loss_terms(student, teacher, batch, progress)
-        loss = torch.stack([t.float() for t in terms.values()]).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+            if segment.phase is None:
+                terms = self.distiller.loss_terms(student, teacher, batch, progress)
+            else:
+                terms = self.distiller.phase_terms(segment.phase, student, teacher, batch, progress)
+        self.distiller.step(terms, optimizer)
         return terms
 
     def test_top1(self) -> torch.Tensor:
@@ -289,6 +355,7 @@ def _epoch_to_dict(record: EpochRecord) -> dict[str, Any]:
         "losses": dict(record.losses),
         "test_top1": record.test_top1,
         "seconds": record.seconds,
+        "phase": record.phase,
     }
 
 
@@ -299,18 +366,20 @@ def _epoch_from_dict(data: Mapping[str, Any]) -> EpochRecord:
         losses=dict(data["losses"]),
         test_top1=float(data["test_top1"]),
         seconds=float(data["seconds"]),
+        phase=str(data.get("phase", "main")),
     )
 
 
 def _result(curve: list[EpochRecord], status: str, extra_params: int) -> RunResult:
     wall = sum(e.seconds for e in curve)
-    if not curve:
-        return RunResult(status=status, extra_params=extra_params)
-    best = max(curve, key=lambda e: (e.test_top1, -e.epoch))
+    main = [e for e in curve if e.phase == "main"]
+    if not main:
+        return RunResult(status=status, curve=tuple(curve), wall_seconds=wall, extra_params=extra_params)
+    best = max(main, key=lambda e: (e.test_top1, -e.epoch))
     return RunResult(
         status=status,
         best_top1=best.test_top1,
-        last_top1=curve[-1].test_top1,
+        last_top1=main[-1].test_top1,
         best_epoch=best.epoch,
         curve=tuple(curve),
         wall_seconds=wall,
@@ -337,30 +406,32 @@ def train_run(
     if checkpoint.exists():
         state.resume(checkpoint)
     host.notify("kdbench_run_start", run=run)
-    epochs = state.recipe.epochs
-    bar = _progress_bar(run, epochs, state.start_epoch, options.progress)
+    bar = _progress_bar(run, state.total_epochs, state.start_epoch, options.progress)
     status = "finished"
     try:
-        for epoch in range(state.start_epoch, epochs):
+        for position in range(state.start_epoch, state.total_epochs):
             tick = time.perf_counter()
-            sums = state.train_epoch(epoch)
+            segment, epoch = state.segment_at(position)
+            sums = state.train_epoch(position)
             top1 = state.test_top1()
             losses = {name: float(value) for name, value in sums.items()}
+            assert state.optimizer is not None
             record = EpochRecord(
                 epoch=epoch,
                 lr=state.optimizer.param_groups[0]["lr"],
                 losses=losses,
                 test_top1=round(float(top1), 4),
                 seconds=round(time.perf_counter() - tick, 3),
+                phase=segment.name,
             )
             state.curve.append(record)
             if not all(math.isfinite(v) for v in losses.values()):
                 status = "diverged"
                 break
-            _atomic_save(state.state(epoch), checkpoint)
+            _atomic_save(state.state(position), checkpoint)
             host.notify("kdbench_epoch_end", run=run, epoch=record)
             bar.update(1)
-            bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}")
+            bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}", phase=segment.name)
     finally:
         bar.close()
     if status == "finished":

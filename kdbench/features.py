@@ -126,3 +126,10 @@ class FeatureCapture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def feature_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Return the model's parameters except its classifier's (what "feature modules" train in a phase)."""
+    classifier = model.get_submodule(_taps_of(model).classifier)
+    excluded = {id(p) for p in classifier.parameters()}
+    return [p for p in model.parameters() if id(p) not in excluded]

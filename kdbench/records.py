@@ -24,13 +24,18 @@ class RunInfo:
 @final
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
-    """One finished epoch: mean loss terms over the epoch, LR used, test top-1 (%)."""
+    """One finished epoch: mean loss terms over the epoch, LR used, test top-1 (%).
+
+    ``epoch`` counts from 0 inside its ``phase`` (``"main"`` for the main training,
+    else the name of a method's phase that runs before it).
+    """
 
     epoch: int
     lr: float
     losses: Mapping[str, float]
     test_top1: float
     seconds: float
+    phase: str = "main"
 
 
 @final

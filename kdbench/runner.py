@@ -305,7 +305,14 @@ class _SuiteExecution:
             "last_top1": result.last_top1,
             "best_epoch": result.best_epoch,
             "curve": [
-                {"epoch": e.epoch, "lr": e.lr, "losses": dict(e.losses), "test_top1": e.test_top1, "seconds": e.seconds}
+                {
+                    "epoch": e.epoch,
+                    "lr": e.lr,
+                    "losses": dict(e.losses),
+                    "test_top1": e.test_top1,
+                    "seconds": e.seconds,
+                    "phase": e.phase,
+                }
                 for e in result.curve
             ],
             "profile": profile,
