@@ -125,7 +125,7 @@ def test_phases_run_first_and_only_the_main_training_scores(tiny_suite_file: Pat
     # The student is not trained in the init phase: its accuracy stays that of its initialisation.
     assert curve[0]["test_top1"] == curve[1]["test_top1"]
     assert records["phased"]["best_top1"] == max(curve[2]["test_top1"], curve[3]["test_top1"])
-    assert records["phased"]["profile"]["extra_params"] == 64 * 64 + 64
+    assert records["phased"]["profile"]["extra_params"] == 32 * 64 + 64  # Linear(32 → 64): student → teacher embedding
 
 
 def test_resume_inside_and_across_phases_is_exact(tiny_suite_file: Path, tmp_path: Path) -> None:
