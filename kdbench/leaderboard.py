@@ -194,7 +194,29 @@ def _accuracy_table(
                 is_best = bool(cell.values) and round(cell_stats(cell.values)[0], 2) == best[p.label]
                 row.append(_cell_text(cell, is_best and len(methods) > 1, claim(p, _method_key(method)), markers))
             rows.append(row)
+    rows.extend(_reference_rows(table, pairs, claims, markers))
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _reference_rows(
+    table: _Table, pairs: Sequence[Any], claims: Mapping[tuple[str, str, str], Reported], markers: dict[str, str]
+) -> list[list[str]]:
+    """Return rows for methods that only have published numbers here (not registered, or no public method)."""
+    planned = {_method_key(r.config["distiller"]) for r in table.plan} | {"teacher", "student"}
+    names: dict[str, str] = {}
+    for (teacher, student, key), row in sorted(claims.items()):
+        if key not in planned and any((p.teacher, p.student) == (teacher, student) for p in pairs):
+            names.setdefault(key, row.method)
+    if not names:
+        return []
+    rows = [["*Published only (not run by kdbench)*", *([""] * len(pairs))]]
+    for key in sorted(names, key=lambda k: names[k].lower()):
+        cells = []
+        for p in pairs:
+            claim = claims.get((p.teacher, p.student, key))
+            cells.append(_cell_text(_Cell((), 0, 0), False, claim, markers).replace(PENDING, "n/a") if claim else "")
+        rows.append([names[key], *cells])
+    return rows
 
 
 def _best_mean(cells: Iterable[_Cell]) -> float | None:

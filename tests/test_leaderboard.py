@@ -157,3 +157,12 @@ def test_committed_leaderboards_are_fresh(capsys) -> None:
     if not any(boards.glob("*.jsonl")):
         pytest.fail("no committed leaderboard records in leaderboards/")
     assert main(["leaderboard", "--check", "--out", str(boards)]) == 0, capsys.readouterr().out
+
+
+def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
+    suite, plan = similar
+    text = render_leaderboard(suite, plan, [], _families(host), load_reported())
+    section = text.split("*Published only (not run by kdbench)*")[1].split("## Efficiency")[0]
+    askd = next(line for line in section.splitlines() if line.startswith("| ASKD "))
+    assert "n/a · paper 75.34" in askd  # ASKD README, resnet32x4→resnet8x4
+    assert "| kd " not in section  # a registered method is never a reference row
