@@ -49,13 +49,27 @@ def _store_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _teacher_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("teachers")
+    group.add_argument(
+        "--teacher", action="append", default=[], metavar="ARCH=SOURCE", help="use a checkpoint for teacher ARCH"
+    )
+    group.add_argument(
+        "--teacher-set",
+        metavar="NAME",
+        help="use the registered teacher ARCH@NAME for every teacher that has one (e.g. mdistiller)",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``kdbench`` command."""
-    plugins, store = _plugin_options(), _store_options()
+    plugins, store, teachers = _plugin_options(), _store_options(), _teacher_options()
     parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[plugins, store], help="train every missing run of a suite")
+    run = sub.add_parser("run", parents=[plugins, store, teachers], help="train every missing run of a suite")
     run.add_argument("--suite", required=True, help="registered suite name or path to a suite .toml file")
     run.add_argument("-k", "--only", action="append", default=[], metavar="PATTERN", help="only runs matching")
     run.add_argument("--dry-run", action="store_true", help="print the plan without touching data")
@@ -67,14 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", type=Path, default=Path(os.environ.get("KDBENCH_DATA", "data")))
     run.add_argument("--download", action="store_true", help="download datasets that are missing")
     run.add_argument("--teacher-root", type=Path, default=Path("teachers"), help="where teacher checkpoints live")
-    run.add_argument(
-        "--teacher", action="append", default=[], metavar="ARCH=SOURCE", help="use a checkpoint for teacher ARCH"
-    )
     run.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints and final weights per run")
     run.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    board = sub.add_parser("leaderboard", parents=[plugins, store], help="render leaderboards from stored results")
+    board = sub.add_parser(
+        "leaderboard", parents=[plugins, store, teachers], help="render leaderboards from stored results"
+    )
     board.add_argument("--suite", action="append", default=[], help="suite(s) to render (default: every suite)")
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="directory of the markdown files")
     board.add_argument("--check", action="store_true", help="fail with a diff if a committed leaderboard is stale")
@@ -135,9 +148,17 @@ def _adjust(suite: SuiteSpec, seeds: str | None, epochs: int | None) -> SuiteSpe
     return suite
 
 
-def _teacher_overrides(items: Sequence[str]) -> dict[str, str]:
+def _teacher_overrides(
+    args: argparse.Namespace, suite: SuiteSpec, host: PluginHost, strict: bool = True
+) -> dict[str, str]:
+    """Return teacher arch → checkpoint source from the ``--teacher-set`` and ``--teacher`` options."""
     overrides = {}
-    for item in items:
+    if args.teacher_set:
+        named = {pair.teacher: f"{pair.teacher}@{args.teacher_set}" for pair in suite.pairs}
+        overrides = {arch: name for arch, name in named.items() if name in host.teachers}
+        if not overrides and strict:
+            raise KdbenchError(f"no registered teacher of set {args.teacher_set!r} fits suite {suite.name!r}")
+    for item in args.teacher:
         arch, sep, source = item.partition("=")
         if not sep or not arch or not source:
             raise KdbenchError(f"--teacher takes ARCH=SOURCE (a checkpoint path or registered teacher), got {item!r}")
@@ -170,7 +191,7 @@ def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     host = _host(args)
     suite = _adjust(_suite(args.suite, host), args.seeds, args.epochs)
-    overrides = _teacher_overrides(args.teacher)
+    overrides = _teacher_overrides(args, suite, host)
     plan = select_runs(plan_suite(suite, host, overrides), args.only)
     if not plan:
         raise KdbenchError(f"no run of suite {suite.name!r} matches {args.only}")
@@ -208,8 +229,18 @@ def _families(host: PluginHost) -> dict[str, str]:
     return {spec.name: spec.family for spec in host.distillers}
 
 
-def _render(suite: SuiteSpec, host: PluginHost, records: list[dict]) -> str:
-    return render_leaderboard(suite, plan_suite(suite, host), records, _families(host), load_reported())
+def _render(suite: SuiteSpec, host: PluginHost, records: list[dict], overrides: dict[str, str]) -> str:
+    plan = plan_suite(suite, host, overrides)
+    return render_leaderboard(suite, plan, records, _families(host), load_reported())
+
+
+def _overrides_in(records: list[dict]) -> dict[str, str]:
+    """Return the teacher checkpoints a leaderboard's records were produced with (arch → source)."""
+    return {
+        r["config"]["student"]: r["config"]["evaluate_checkpoint"]
+        for r in records
+        if r["kind"] == "teacher" and "evaluate_checkpoint" in r["config"]
+    }
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -222,14 +253,16 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     with ResultsStore(args.results) as store:
         for name in names:
             suite = _suite(name, host)
-            wanted = {run.run_id for run in plan_suite(suite, host)}
+            overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
+            wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
             records = [r for r in (store.get(run_id) for run_id in sorted(wanted)) if r is not None]
             if not records and not args.suite:
                 continue
             args.out.mkdir(parents=True, exist_ok=True)
             jsonl, markdown = args.out / f"{suite.name}.jsonl", args.out / f"{suite.name}.md"
             write_jsonl(records, jsonl)
-            markdown.write_text(_render(suite, host, read_jsonl(jsonl)), encoding="utf-8")
+            records = read_jsonl(jsonl)
+            markdown.write_text(_render(suite, host, records, _overrides_in(records)), encoding="utf-8")
             print(f"leaderboard {suite.name}: {len(records)}/{len(wanted)} runs stored → {markdown}")
     return 0
 
@@ -244,7 +277,8 @@ def _check_leaderboards(args: argparse.Namespace, host: PluginHost) -> int:
         jsonl, markdown = args.out / f"{suite.name}.jsonl", args.out / f"{suite.name}.md"
         if not jsonl.exists():
             raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
-        expected = _render(suite, host, read_jsonl(jsonl))
+        records = read_jsonl(jsonl)
+        expected = _render(suite, host, records, _overrides_in(records))
         actual = markdown.read_text(encoding="utf-8") if markdown.exists() else ""
         if expected != actual:
             stale += 1

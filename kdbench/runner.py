@@ -148,7 +148,6 @@ def plan_suite(
     for arch in dict.fromkeys(pair.teacher for pair in suite.pairs):
         source = _teacher_source(suite, arch, host, overrides)
         if source:
-            teacher_refs[arch] = ({"arch": arch, "checkpoint": source}, None)
             config = {
                 "kdbench_config": CONFIG_VERSION,
                 "dataset": suite.dataset,
@@ -159,6 +158,8 @@ def plan_suite(
             }
             run_id = run_id_of(config)
             planned.setdefault(run_id, PlannedRun(run_id, "teacher", config))
+            # Students wait for the checkpoint's evaluation: it fails exactly when loading it would.
+            teacher_refs[arch] = ({"arch": arch, "checkpoint": source}, run_id)
             continue
         config = _config(suite, arch, "vanilla", vanilla_defaults, suite.teacher_seed, teacher_recipe)
         run_id = run_id_of(config)

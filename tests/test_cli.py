@@ -108,3 +108,38 @@ def test_profile_prints_params_macs_and_latency(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "83,892 params" in out and "12.7 M MACs" in out
     assert "latency batch 1" in out and "cpu" in out
+
+
+TEACHER_SET = """
+    from kdbench import TeacherSpec, hookimpl
+
+    @hookimpl
+    def kdbench_register_teachers():
+        return [TeacherSpec(name="digits_cnn_l@lab", model="digits_cnn_l", dataset="digits", path="l/best.pth")]
+"""
+
+
+def test_teacher_set_uses_registered_checkpoints_end_to_end(fake_site: Path, tmp_path: Path, capsys) -> None:
+    import torch
+    from conftest import make_distribution
+
+    import kdbench
+
+    make_distribution(fake_site, "kdbench-lab", "1.0", {"lab": "kdbench_fake_lab"}, {"kdbench_fake_lab": TEACHER_SET})
+    checkpoint = tmp_path / "teachers" / "l" / "best.pth"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"model": kdbench.create_model("digits_cnn_l").state_dict()}, checkpoint)
+    common = ["--results", str(tmp_path / "r.db"), "--teacher-set", "lab"]
+    run = ["run", "--suite", "smoke", "-k", "kd digits_cnn_s←digits_cnn_l seed=0", "--epochs", "1", *common]
+    assert main([*run, "--teacher-root", str(tmp_path / "teachers"), "--work-dir", str(tmp_path / "runs")]) == 0
+    assert "2 finished" in capsys.readouterr().out  # the checkpoint's evaluation + one KD run
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "smoke", "--teacher-set"])
+    capsys.readouterr()
+    assert main(["run", "--suite", "smoke", "--dry-run", "--teacher-set", "nowhere"]) == 2
+    assert "no registered teacher of set 'nowhere' fits suite 'smoke'" in capsys.readouterr().err
+    boards = tmp_path / "boards"
+    assert main(["leaderboard", "--suite", "smoke", *common, "--out", str(boards)]) == 0
+    text = (boards / "smoke.md").read_text(encoding="utf-8")
+    assert "| Teacher " in text and "(n=1)" in text.split("| Teacher ")[1].splitlines()[0]
+    assert main(["leaderboard", "--check", "--out", str(boards)]) == 0
