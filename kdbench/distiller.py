@@ -4,7 +4,8 @@ Everything a method needs beyond "logits in, loss out" is a general capability
 declared here, never a special case in the engine:
 
 - **signals**: ``student_signals`` / ``teacher_signals`` name what the feature
-  taps must capture (``logits``, ``feats``, ``preact``, ``embedding``);
+  taps must capture (``logits``, ``feats``, ``preact``, ``embedding``), per phase
+  if needed (:meth:`Distiller.signals`); no teacher signal means no teacher pass;
 - **extra trainable parts**: submodules and parameters of the distiller are
   optimised with the student, checkpointed, and reported as training-only
   parameters; buffers (e.g. CRD's memory banks) live in its state_dict;
@@ -137,6 +138,15 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Return the weighted loss terms (name → scalar tensor) whose sum is minimised."""
         raise NotImplementedError
+
+    def signals(self, phase: Phase | None) -> tuple[frozenset[str], frozenset[str]]:
+        """Return (student, teacher) signals needed in ``phase`` (``None``: the main training).
+
+        Default: the class's declarations everywhere. A method whose main training
+        needs no teacher (AB, FSP after their init phase) returns an empty teacher
+        set there, and the engine then skips the teacher's forward pass.
+        """
+        return self.student_signals, self.teacher_signals
 
     def prepare_batch(self, batch: Batch) -> Batch:
         """Return the batch both models will see (default: unchanged); may add views made on the device."""

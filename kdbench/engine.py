@@ -287,11 +287,10 @@ class _Run:
         steps = _steps_per_epoch(num_train, batch_size)
         self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
-        student_capture = FeatureCapture(self.student, self.distiller.student_signals)
+        student_signals, teacher_signals = self.distiller.signals(segment.phase)
+        student_capture = FeatureCapture(self.student, student_signals)
         teacher_capture = (
-            FeatureCapture(self.teacher.module, self.distiller.teacher_signals)
-            if self.teacher and self.distiller.teacher_signals
-            else None
+            FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
         )
         sums: dict[str, torch.Tensor] = {}
         try:

@@ -167,6 +167,8 @@ def plan_suite(
         teacher_refs[arch] = ({"arch": arch, "run": run_id}, run_id)
     for pair in suite.pairs:
         for name in _distiller_names(suite, host):
+            if name in pair.skip:
+                continue
             spec = host.distillers.get(name)
             params = {**spec.defaults, **suite.distiller_params.get(name, {}), **pair.params.get(name, {})}
             for seed in suite.seeds:

@@ -182,9 +182,12 @@ class PairSpec:
     teacher: str
     student: str
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+    """Methods that cannot run on this pair (e.g. FSP needs equal channels); shown as n/a."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen({k: _frozen(v) for k, v in dict(self.params).items()}))
+        object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
     def label(self) -> str:

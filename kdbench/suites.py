@@ -106,7 +106,7 @@ def _recipe(table: Mapping[str, Any], where: str, key: str) -> Recipe:
 def _pair(entry: Any, where: str, index: int) -> PairSpec:
     if not isinstance(entry, dict) or not {"teacher", "student"} <= set(entry):
         raise SuiteError(f"{where}: pairs[{index}] needs `teacher` and `student`")
-    unknown = sorted(set(entry) - {"teacher", "student", "params"})
+    unknown = sorted(set(entry) - {"teacher", "student", "params", "skip"})
     if unknown:
         raise SuiteError(f"{where}: pairs[{index}] has unknown key(s) {', '.join(unknown)}")
     params = _tables(entry.get("params", {}), where, f"pairs[{index}].params")
@@ -114,6 +114,7 @@ def _pair(entry: Any, where: str, index: int) -> PairSpec:
         teacher=_string(entry["teacher"], where, f"pairs[{index}].teacher"),
         student=_string(entry["student"], where, f"pairs[{index}].student"),
         params=params,
+        skip=tuple(_strings(entry.get("skip", []), where, f"pairs[{index}].skip")),
     )
 
 
@@ -129,7 +130,9 @@ def _string(value: Any, where: str, key: str) -> str:
     return value
 
 
-def _strings(value: list[Any], where: str, key: str) -> list[str]:
+def _strings(value: Any, where: str, key: str) -> list[str]:
+    if not isinstance(value, list):
+        raise SuiteError(f"{where}: `{key}` must be a list of strings")
     return [_string(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
 
 

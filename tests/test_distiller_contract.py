@@ -2,7 +2,9 @@
 
 ``run_contract(host, name)`` is importable so that a method can be checked
 before it is an installed entry point. It uses the real engine state on a tiny
-CIFAR-shaped problem: teacher resnet8x4 (frozen, eval) → student resnet8.
+CIFAR-shaped problem: teacher resnet8x4 (frozen, eval) → student resnet8 (different
+widths); a method that refuses that pair with a :class:`KdbenchError` (FSP needs
+equal channels) is checked on resnet14 → resnet8 (equal widths) instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 import kdbench
-from kdbench import AugmentSpec, DatasetSpec, ImageData
+from kdbench import AugmentSpec, DatasetSpec, ImageData, KdbenchError
 from kdbench.augment import normalize
 from kdbench.distiller import Batch, Progress
 from kdbench.engine import EngineOptions, TrainedModel, _atomic_save, _Run
@@ -23,7 +25,7 @@ from kdbench.features import SIGNALS, FeatureCapture
 from kdbench.runner import _config
 from kdbench.specs import Recipe, SuiteSpec
 
-TEACHER, STUDENT = "resnet8x4", "resnet8"
+PAIRS = (("resnet8x4", "resnet8"), ("resnet14", "resnet8"))
 NUM_TRAIN, NUM_TEST, BATCH = 24, 8, 8
 
 
@@ -52,14 +54,27 @@ def _tiny_cifar() -> tuple[DatasetSpec, ImageData]:
     return spec, data
 
 
-def _state(host: kdbench.PluginHost, name: str) -> _Run:
+def _state(host: kdbench.PluginHost, name: str, pair: tuple[str, str]) -> _Run:
+    teacher_name, student_name = pair
     spec, data = _tiny_cifar()
     suite = SuiteSpec(name="contract", description="", dataset=spec.name, pairs=())
     recipe = Recipe(epochs=3, batch_size=BATCH, lr=0.05, lr_milestones=())
-    config = _config(suite, STUDENT, name, dict(host.distillers.get(name).defaults), 0, recipe)
+    config = _config(suite, student_name, name, dict(host.distillers.get(name).defaults), 0, recipe)
     torch.manual_seed(123)
-    teacher = kdbench.create_model(TEACHER, host=host).eval().requires_grad_(False)
-    return _Run(config, host, spec, data, TrainedModel(TEACHER, teacher), EngineOptions())
+    teacher = kdbench.create_model(teacher_name, host=host).eval().requires_grad_(False)
+    return _Run(config, host, spec, data, TrainedModel(teacher_name, teacher), EngineOptions())
+
+
+def _pair_for(host: kdbench.PluginHost, name: str) -> tuple[str, str]:
+    refusals = []
+    for pair in PAIRS:
+        try:
+            _state(host, name, pair)
+        except KdbenchError as exc:
+            refusals.append(f"{pair}: {exc}")
+            continue
+        return pair
+    raise AssertionError(f"{name} runs on none of the contract pairs: {refusals}")
 
 
 def _fixed_batch(state: _Run) -> Batch:
@@ -135,15 +150,15 @@ def _check_phases(state: _Run) -> None:
             assert torch.equal(value, state.student.state_dict()[key]), f"BN statistics moved in eval phase: {key}"
 
 
-def _check_resume_is_exact(host: kdbench.PluginHost, name: str, tmp_path: Path) -> None:
-    first = _state(host, name)
+def _check_resume_is_exact(host: kdbench.PluginHost, name: str, pair: tuple[str, str], tmp_path: Path) -> None:
+    first = _state(host, name, pair)
     main_start = first.segments[-1].start
     resume_at = main_start if main_start else 1
     first.train_epoch(0)
     checkpoint = tmp_path / f"{name}.pt"
     _atomic_save(first.state(resume_at - 1), checkpoint)
     expected = first.train_epoch(resume_at)
-    second = _state(host, name)
+    second = _state(host, name, pair)
     second.resume(checkpoint)
     assert second.start_epoch == resume_at
     got = second.train_epoch(resume_at)
@@ -159,14 +174,15 @@ def run_contract(host: kdbench.PluginHost, name: str, tmp_path: Path | None = No
     import tempfile
 
     _check_spec(host.distillers.get(name))
-    state = _state(host, name)
+    pair = _pair_for(host, name)
+    state = _state(host, name, pair)
     _check_parts_are_its_own(state)
-    clone = _state(host, name)
+    clone = _state(host, name, pair)
     clone.distiller.load_state_dict(state.distiller.state_dict(), strict=True)
-    _check_phases(_state(host, name))
+    _check_phases(_state(host, name, pair))
     _check_loss_decreases_and_gradients(state)
     with tempfile.TemporaryDirectory() as scratch:
-        _check_resume_is_exact(host, name, tmp_path or Path(scratch))
+        _check_resume_is_exact(host, name, pair, tmp_path or Path(scratch))
 
 
 DISTILLERS = kdbench.list_distillers()
