@@ -374,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdbench: interrupted; finished runs and checkpoints are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `kdbench run --dry-run | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

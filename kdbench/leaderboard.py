@@ -19,7 +19,7 @@ from typing import Any
 from tabulate import tabulate
 
 from kdbench.profile import MACS_CONVENTION
-from kdbench.runner import PlannedRun
+from kdbench.runner import PlannedRun, student_recipe
 from kdbench.specs import SuiteSpec
 
 __all__ = ["Reported", "cell_stats", "load_reported", "render_leaderboard"]
@@ -266,6 +266,25 @@ def _efficiency_table(table: _Table) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _own_recipes(table: _Table) -> list[str]:
+    """Return one line per method whose runs use recipe fields other than the suite's."""
+    changes: dict[str, dict[str, str]] = {}
+    for run in table.plan:
+        if run.pair is None or not run.config.get("recipe"):
+            continue
+        suite_recipe = student_recipe(table.suite.recipe, run.config["student"])
+        diff = {k: v for k, v in run.config["recipe"].items() if k != "lr_overrides" and suite_recipe.get(k) != v}
+        if diff:
+            text = ", ".join(f"{k} {v}" for k, v in sorted(diff.items()))
+            changes.setdefault(run.config["distiller"], {})[run.pair.label] = text
+    return [
+        f"- `{method}` runs with its own published recipe: "
+        + "; ".join(f"{text} on {pair}" for pair, text in sorted(per_pair.items()))
+        + "."
+        for method, per_pair in sorted(changes.items())
+    ]
+
+
 def _provenance(table: _Table) -> list[str]:
     records = [r for r in table.records.values()]
     devices = sorted({r["device"] for r in records if r.get("device")})
@@ -283,6 +302,7 @@ def _provenance(table: _Table) -> list[str]:
         f"- Recipe: {recipe.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr} "
         f"(momentum {recipe.momentum}, wd {recipe.weight_decay}), ×{recipe.lr_gamma} at epochs "
         f"{', '.join(map(str, recipe.lr_milestones)) or 'none'}.",
+        *_own_recipes(table),
         f"- Produced on: {'; '.join(devices) or PENDING}; kdbench {', '.join(versions) or PENDING}; "
         f"{minutes:.1f} min of training in the stored runs.",
     ]

@@ -83,7 +83,7 @@ def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def _student_recipe(recipe: Recipe, student: str) -> dict[str, Any]:
+def student_recipe(recipe: Recipe, student: str) -> dict[str, Any]:
     """Return the recipe as a run sees it: the student's own base LR folded in, other overrides dropped."""
     resolved = _recipe_dict(recipe)
     resolved["lr"] = recipe.base_lr(student)
@@ -109,7 +109,7 @@ def _config(
         "distiller": distiller,
         "params": dict(params),
         "seed": seed,
-        "recipe": _student_recipe(recipe, student),
+        "recipe": student_recipe(recipe, student),
     }
 
 
@@ -171,8 +171,9 @@ def plan_suite(
                 continue
             spec = host.distillers.get(name)
             params = {**spec.defaults, **suite.distiller_params.get(name, {}), **pair.params.get(name, {})}
+            recipe = suite.recipe_for(pair, name)
             for seed in suite.seeds:
-                config = _config(suite, pair.student, name, params, seed, suite.recipe)
+                config = _config(suite, pair.student, name, params, seed, recipe)
                 teacher_run = None
                 if spec.needs_teacher:
                     config["teacher"], teacher_run = teacher_refs[pair.teacher]

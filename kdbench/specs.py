@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -184,10 +184,13 @@ class PairSpec:
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     """Methods that cannot run on this pair (e.g. FSP needs equal channels); shown as n/a."""
+    recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per-method recipe fields for this pair (a method's own published schedule, e.g. MLKD's)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen({k: _frozen(v) for k, v in dict(self.params).items()}))
         object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "recipes", _frozen({k: _frozen(v) for k, v in dict(self.recipes).items()}))
 
     @property
     def label(self) -> str:
@@ -214,6 +217,8 @@ class SuiteSpec:
     teachers: Mapping[str, str] = field(default_factory=dict)
     """Teacher architecture → registered teacher name or checkpoint path."""
     distiller_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    method_recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per-method recipe fields (e.g. ``{"mlkd": {"lr": 0.025}}``); a pair's ``recipes`` win over these."""
     epoch_rule: Literal["best", "last"] = "best"
     reference: str = ""
     """Dataset key of published numbers shown beside ours (e.g. ``cifar100``)."""
@@ -224,3 +229,18 @@ class SuiteSpec:
         object.__setattr__(
             self, "distiller_params", _frozen({k: _frozen(v) for k, v in dict(self.distiller_params).items()})
         )
+        object.__setattr__(
+            self, "method_recipes", _frozen({k: _frozen(v) for k, v in dict(self.method_recipes).items()})
+        )
+
+    def recipe_for(self, pair: PairSpec, method: str) -> Recipe:
+        """Return the recipe of ``method`` on ``pair``: the suite's, updated by the method's own fields.
+
+        An explicit ``lr`` there also replaces the suite's per-student LR overrides.
+        """
+        fields = {**self.method_recipes.get(method, {}), **pair.recipes.get(method, {})}
+        if not fields:
+            return self.recipe
+        if "lr" in fields:
+            fields["lr_overrides"] = {}
+        return replace(self.recipe, **fields)

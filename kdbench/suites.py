@@ -30,6 +30,7 @@ _TOP_LEVEL = {
     "teacher_seed": int,
     "teachers": dict,
     "distiller_params": dict,
+    "method_recipes": dict,
     "epoch_rule": str,
     "reference": str,
 }
@@ -78,6 +79,7 @@ def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
         teacher_seed=data.get("teacher_seed", 0),
         teachers={str(k): _string(v, where, f"teachers.{k}") for k, v in data.get("teachers", {}).items()},
         distiller_params=_tables(data.get("distiller_params", {}), where, "distiller_params"),
+        method_recipes=_recipe_tables(data.get("method_recipes", {}), recipe, where, "method_recipes"),
         epoch_rule=data.get("epoch_rule", "best"),
         reference=data.get("reference", ""),
         source=source,
@@ -106,7 +108,7 @@ def _recipe(table: Mapping[str, Any], where: str, key: str) -> Recipe:
 def _pair(entry: Any, where: str, index: int) -> PairSpec:
     if not isinstance(entry, dict) or not {"teacher", "student"} <= set(entry):
         raise SuiteError(f"{where}: pairs[{index}] needs `teacher` and `student`")
-    unknown = sorted(set(entry) - {"teacher", "student", "params", "skip"})
+    unknown = sorted(set(entry) - {"teacher", "student", "params", "skip", "recipes"})
     if unknown:
         raise SuiteError(f"{where}: pairs[{index}] has unknown key(s) {', '.join(unknown)}")
     params = _tables(entry.get("params", {}), where, f"pairs[{index}].params")
@@ -115,7 +117,19 @@ def _pair(entry: Any, where: str, index: int) -> PairSpec:
         student=_string(entry["student"], where, f"pairs[{index}].student"),
         params=params,
         skip=tuple(_strings(entry.get("skip", []), where, f"pairs[{index}].skip")),
+        recipes=_recipe_tables(entry.get("recipes", {}), Recipe(), where, f"pairs[{index}].recipes"),
     )
+
+
+def _recipe_tables(value: Any, base: Recipe, where: str, key: str) -> dict[str, dict[str, Any]]:
+    """Return per-method recipe fields, each table checked by building the recipe it makes."""
+    tables = _tables(value, where, key)
+    for method, changes in tables.items():
+        if "lr_overrides" in changes:
+            raise SuiteError(f"{where}: [{key}.{method}] cannot set lr_overrides; set lr")
+        known = {name: getattr(base, name) for name in _RECIPE_FIELDS}
+        _recipe({**known, **changes}, where, f"{key}.{method}")
+    return tables
 
 
 def _tables(value: Any, where: str, key: str) -> dict[str, dict[str, Any]]:

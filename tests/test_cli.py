@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdbench.cli import main
+from kdbench.runner import plan_suite
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -70,16 +71,18 @@ def test_missing_cifar_data_stops_at_once_naming_the_path(tmp_path: Path) -> Non
     assert not (tmp_path / "runs").exists()
 
 
-def test_dry_run_plans_every_run_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_plans_every_run_without_data(host, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--suite", "cifar100-similar", "--dry-run", "--data-root", str(tmp_path / "none")])
     out = capsys.readouterr().out
     assert code == 0
-    # 5 teachers + 6 vanilla students × 3 seeds + 7 pairs × 3 seeds per distilling method.
-    from kdbench import list_distillers
-
-    distilling = len([d for d in list_distillers() if d != "vanilla"])
-    assert f"{5 + 18 + 21 * distilling} runs, 0 already stored" in out
+    suite = host.suites.get("cifar100-similar")
+    distilling = [d for d in host.distillers.names() if d != "vanilla"]
+    per_pair = sum(len([d for d in distilling if d not in pair.skip]) for pair in suite.pairs)
+    # 5 teachers + 6 vanilla students × 3 seeds + every (pair, method not skipped there) × 3 seeds.
+    assert f"{5 + 18 + 3 * per_pair} runs, 0 already stored" in out
     assert "resnet32x4→resnet8x4" in out and "240" in out and "to run" in out
+    line = next(row for row in out.splitlines() if " dkd " in row and "resnet56→resnet20" in row)
+    assert line.split()[0] in {r.run_id for r in plan_suite(suite, host) if r.config["params"].get("beta") == 2.0}
 
 
 def test_listings_show_registries_with_citations(capsys: pytest.CaptureFixture[str]) -> None:

@@ -95,3 +95,44 @@ def test_cifar_suites_have_the_seed_tables_pairs(host: kdbench.PluginHost) -> No
         "ShuffleV2": 0.01,
         "vgg8": 0.05,
     }
+
+
+def test_pair_skips_and_method_recipes() -> None:
+    data = {
+        **MINIMAL,
+        "recipe": {"lr_overrides": {"b": 0.01}},
+        "method_recipes": {"mlkd": {"lr": 0.025}},
+        "pairs": [{"teacher": "a", "student": "b", "skip": ["fsp"], "recipes": {"mlkd": {"epochs": 480}}}],
+    }
+    suite = parse_suite(data)
+    (pair,) = suite.pairs
+    assert pair.skip == ("fsp",)
+    mlkd = suite.recipe_for(pair, "mlkd")
+    assert (mlkd.epochs, mlkd.base_lr("b")) == (480, 0.025)  # an explicit method LR beats the student override
+    assert suite.recipe_for(pair, "kd") is suite.recipe and suite.recipe.base_lr("b") == 0.01
+    with pytest.raises(SuiteError, match=r"unknown key\(s\) in \[method_recipes.mlkd\]: epochz"):
+        parse_suite({**data, "method_recipes": {"mlkd": {"epochz": 1}}})
+    with pytest.raises(SuiteError, match=r"\[pairs\[0\].recipes.mlkd\] epochs must be a positive integer"):
+        parse_suite({**data, "pairs": [{"teacher": "a", "student": "b", "recipes": {"mlkd": {"epochs": 0}}}]})
+    with pytest.raises(SuiteError, match=r"pairs\[0\].skip"):
+        parse_suite({**data, "pairs": [{"teacher": "a", "student": "b", "skip": "fsp"}]})
+
+
+def test_cifar_plans_follow_the_per_pair_settings(host: kdbench.PluginHost) -> None:
+    from kdbench.runner import plan_suite
+
+    similar = plan_suite(host.suites.get("cifar100-similar"), host)
+
+    def configs(method: str, pair: str) -> list[dict]:
+        return [r.config for r in similar if r.pair and r.pair.label == pair and r.config["distiller"] == method]
+
+    assert {c["params"]["beta"] for c in configs("dkd", "resnet56→resnet20")} == {2.0}
+    assert {c["params"]["beta"] for c in configs("dkd", "wrn_40_2→wrn_16_2")} == {6.0}
+    assert {c["params"]["beta"] for c in configs("dkd", "resnet32x4→resnet8x4")} == {8.0}
+    assert configs("fsp", "wrn_40_2→wrn_40_1") == [] and len(configs("fsp", "resnet56→resnet20")) == 3
+    assert {c["recipe"]["lr"] for c in configs("mlkd", "vgg13→vgg8")} == {0.025}
+    different = plan_suite(host.suites.get("cifar100-different"), host)
+    shuffle = [r.config for r in different if r.pair and r.pair.student == "ShuffleV2"]
+    assert {c["recipe"]["epochs"] for c in shuffle if c["distiller"] == "mlkd"} == {480}
+    assert {c["recipe"]["lr"] for c in shuffle if c["distiller"] == "kd"} == {0.01}
+    assert not [c for c in shuffle if c["distiller"] in ("sdd_kd", "sdd_dkd", "fsp", "kdsvd")]
