@@ -251,6 +251,11 @@ def create_plugin_host(
             dist = ep.dist
             candidates.append((ep.name, dist.name if dist else "?", dist.version if dist else "", ep))
     candidates.extend((name, "(registered in code)", "", obj) for name, obj in plugins)
+    sources: dict[str, str] = {}
+    for name, dist, *_ in candidates:
+        if name in sources:
+            raise PluginError(f"two plugins are named {name!r}: one from {sources[name]}, one from {dist}")
+        sources[name] = dist
     unknown = blocked - {name for name, *_ in candidates}
     # Names from the environment may refer to plugins installed elsewhere: no error for those.
     blocked |= set(disabled_from_env())

@@ -102,9 +102,12 @@ class Phase:
     name: str
     epochs: int
     lr: float | None = None
-    """Constant learning rate of the phase; ``None`` means the recipe's base LR."""
+    """Learning rate of the phase; ``None`` means the recipe's base LR."""
     student_mode: str = "eval"
     """``"train"`` or ``"eval"``: the student's BatchNorm mode during the phase."""
+    lr_milestones: tuple[int, ...] = ()
+    """Epochs of the phase (0-based) from which the LR is multiplied by ``lr_gamma`` once more."""
+    lr_gamma: float = 0.1
 
 
 @final
@@ -161,9 +164,13 @@ class Distiller(nn.Module):
         return self.parameters()
 
     def phase_terms(
-        self, phase: Phase, student: Signals, teacher: Signals | None, batch: Batch, progress: Progress
+        self, phase: Phase, student: Signals | None, teacher: Signals | None, batch: Batch, progress: Progress
     ) -> dict[str, torch.Tensor]:
-        """Return the loss terms of a phase declared by :meth:`phases`."""
+        """Return the loss terms of a phase declared by :meth:`phases`.
+
+        ``student`` is ``None`` when :meth:`signals` asks nothing of the student in
+        that phase (the engine then skips the student's forward pass).
+        """
         raise NotImplementedError(f"{type(self).__name__} declares phase {phase.name!r} but no phase_terms")
 
     def main_parameters(self) -> Iterable[nn.Parameter]:

@@ -240,9 +240,11 @@ class _Run:
         return self.optimizer
 
     def _lr(self, segment: _Segment, epoch: int) -> float:
-        if segment.phase is None:
+        phase = segment.phase
+        if phase is None:
             return self.recipe.lr_at(epoch, self.config["student"])
-        return self.recipe.base_lr(self.config["student"]) if segment.phase.lr is None else segment.phase.lr
+        base = self.recipe.base_lr(self.config["student"]) if phase.lr is None else phase.lr
+        return base * phase.lr_gamma ** sum(1 for milestone in phase.lr_milestones if epoch >= milestone)
 
     def state(self, position: int) -> dict[str, Any]:
         assert self.optimizer is not None
@@ -288,7 +290,9 @@ class _Run:
         self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
         student_signals, teacher_signals = self.distiller.signals(segment.phase)
-        student_capture = FeatureCapture(self.student, student_signals)
+        if segment.phase is None:
+            student_signals = student_signals | {"logits"}
+        student_capture = FeatureCapture(self.student, student_signals) if student_signals else None
         teacher_capture = (
             FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
         )
@@ -307,15 +311,15 @@ class _Run:
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0) + value.detach().float()
         finally:
-            student_capture.close()
-            if teacher_capture is not None:
-                teacher_capture.close()
+            for capture in (student_capture, teacher_capture):
+                if capture is not None:
+                    capture.close()
         return {name: total / steps for name, total in sums.items()}
 
     def _step(
         self,
         segment: _Segment,
-        student_capture: FeatureCapture,
+        student_capture: FeatureCapture | None,
         teacher_capture: FeatureCapture | None,
         batch: Batch,
         progress: Progress,
@@ -328,8 +332,9 @@ class _Run:
             if teacher_capture is not None:
                 with torch.no_grad():
                     teacher = teacher_capture(batch.images)
-            student = student_capture(batch.images)
+            student = student_capture(batch.images) if student_capture is not None else None
             if segment.phase is None:
+                assert student is not None
                 terms = self.distiller.loss_terms(student, teacher, batch, progress)
             else:
                 terms = self.distiller.phase_terms(segment.phase, student, teacher, batch, progress)

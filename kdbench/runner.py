@@ -186,17 +186,30 @@ def plan_suite(
     return list(planned.values())
 
 
+def _label_tokens(run: PlannedRun) -> set[str]:
+    tokens = set(run.label.split())
+    return tokens | {part for token in tokens for part in token.split("←")} | {run.run_id}
+
+
+def _matches(run: PlannedRun, pattern: str) -> bool:
+    """Return whether every word of ``pattern`` names (or glob-matches) a word of the run's label or its id."""
+    tokens = _label_tokens(run)
+    if run.run_id.startswith(pattern) and len(pattern) >= 4:
+        return True
+    return all(any(fnmatch.fnmatchcase(token, word) for token in tokens) for word in pattern.split())
+
+
 def select_runs(plan: list[PlannedRun], patterns: Iterable[str]) -> list[PlannedRun]:
-    """Return the runs matching any pattern (glob or substring of label/id), plus the teachers they need."""
+    """Return the runs matching any pattern, plus the teacher runs they need.
+
+    A pattern is words that must each name a word of a run's label
+    (``kd resnet8x4←resnet32x4 seed=0``; ``resnet8x4`` and ``resnet32x4`` count as
+    words too; globs allowed, e.g. ``sdd_*``), or a prefix of its run id.
+    """
     patterns = list(patterns)
     if not patterns:
         return plan
-
-    def matches(run: PlannedRun) -> bool:
-        text = f"{run.label} {run.run_id}"
-        return any(p in text or fnmatch.fnmatchcase(text, p) for p in patterns)
-
-    chosen = {run.run_id for run in plan if matches(run)}
+    chosen = {run.run_id for run in plan if any(_matches(run, p) for p in patterns)}
     chosen |= {run.teacher_run for run in plan if run.run_id in chosen and run.teacher_run}
     return [run for run in plan if run.run_id in chosen]
 
