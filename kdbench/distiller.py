@@ -14,7 +14,8 @@ declared here, never a special case in the engine:
   run draws the same numbers); :class:`DistillContext` carries the train labels;
 - **extra views**: :meth:`Distiller.prepare_batch` may replace a batch's images
   with more views made on the device (rotations, a strong augmentation of
-  ``batch.raw``) before both models see them;
+  ``batch.raw``) before both models see them, in one pass or view by view
+  (``Batch.chunks``);
 - **stages before the main training**: :meth:`Distiller.phases` declares them
   (e.g. 30 epochs of connector initialisation) and :meth:`Distiller.phase_terms`
   gives their loss; the engine runs and resumes them as part of the run;
@@ -53,6 +54,9 @@ class Batch:
     """The engine's generator for this epoch, on the batch's device: draw a method's randomness from it."""
     extras: Mapping[str, Any] | None = None
     """Whatever :meth:`Distiller.prepare_batch` wants to pass on to :meth:`Distiller.loss_terms`."""
+    chunks: tuple[int, ...] = ()
+    """Sizes of consecutive views to forward *separately* (so BatchNorm sees each view alone, as a
+    reference that runs the model once per view); their signals are concatenated. Empty: one pass."""
 
 
 @final

@@ -26,7 +26,7 @@ from kdbench._plugins import PluginHost
 from kdbench.augment import Views, apply_views, draw_views, normalize
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
-from kdbench.features import FeatureCapture, Signals
+from kdbench.features import FeatureCapture, Signals, concat_signals
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import DatasetSpec, ImageData, Recipe
 
@@ -331,8 +331,8 @@ class _Run:
             teacher = None
             if teacher_capture is not None:
                 with torch.no_grad():
-                    teacher = teacher_capture(batch.images)
-            student = student_capture(batch.images) if student_capture is not None else None
+                    teacher = _forward(teacher_capture, batch)
+            student = _forward(student_capture, batch) if student_capture is not None else None
             if segment.phase is None:
                 assert student is not None
                 terms = self.distiller.loss_terms(student, teacher, batch, progress)
@@ -350,6 +350,13 @@ class _Run:
             self.recipe.eval_batch_size,
             self.options.bf16,
         )
+
+
+def _forward(capture: FeatureCapture, batch: Batch) -> Signals:
+    """Return the model's signals for the batch: one pass, or one pass per view in ``batch.chunks``."""
+    if not batch.chunks:
+        return capture(batch.images)
+    return concat_signals([capture(view) for view in batch.images.split(list(batch.chunks))])
 
 
 def _epoch_to_dict(record: EpochRecord) -> dict[str, Any]:

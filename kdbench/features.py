@@ -133,3 +133,19 @@ def feature_parameters(model: nn.Module) -> list[nn.Parameter]:
     classifier = model.get_submodule(_taps_of(model).classifier)
     excluded = {id(p) for p in classifier.parameters()}
     return [p for p in model.parameters() if id(p) not in excluded]
+
+
+def concat_signals(parts: list[Signals]) -> Signals:
+    """Return the signals of several forward passes joined along the batch dimension."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def join(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if tensors[0] is None else torch.cat(tensors)  # type: ignore[arg-type]
+
+    return Signals(
+        logits=torch.cat([p.logits for p in parts]),
+        feats=[torch.cat(stage) for stage in zip(*(p.feats for p in parts))],
+        preact=[torch.cat(stage) for stage in zip(*(p.preact for p in parts))],
+        embedding=join([p.embedding for p in parts]),
+    )

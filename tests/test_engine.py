@@ -170,3 +170,19 @@ def test_a_raising_observer_fails_the_run_by_name(tiny_suite_file: Path, tmp_pat
     assert records["counting"]["status"] == "failed"
     assert records["counting"]["error"].startswith("plugin 'stop' raised in kdbench_epoch_end")
     assert isinstance(PluginError("x"), kdbench.KdbenchError)
+
+
+def test_chunks_forward_each_view_separately() -> None:
+    from kdbench.engine import _forward
+    from kdbench.features import FeatureCapture
+
+    model = kdbench.create_model("digits_cnn_s").train()
+    images = torch.randn(6, 1, 8, 8)
+    with FeatureCapture(model, {"logits", "feats", "embedding"}) as capture:
+        joint = _forward(capture, Batch(images, torch.zeros(6), torch.arange(6)))
+        split = _forward(capture, Batch(images, torch.zeros(6), torch.arange(6), chunks=(3, 3)))
+        first = capture(images[:3])
+    # In train mode BatchNorm uses the statistics of what it sees: per view differs from joint.
+    assert not torch.allclose(joint.logits, split.logits)
+    torch.testing.assert_close(split.logits[:3], first.logits)
+    assert split.embedding.shape == (6, 32) and [f.shape[0] for f in split.feats] == [6] * len(split.feats)

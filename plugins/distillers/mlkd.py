@@ -32,14 +32,12 @@ on its range, then a Cutout of side U[0, ½)·W filled with (125, 123, 114).
 Here it is made on the device from ``batch.raw`` (uint8), vectorised over the
 batch, with PIL's exact integer arithmetic (see ``tests/test_methods_logit.py``).
 
-What cannot be done faithfully in this harness: the reference runs the student
-(and teacher) once per view, so each view's BatchNorm batch statistics are its
-own and the running statistics are updated twice per step. The engine runs one
-forward over ``cat(weak, strong)`` (2B samples): the student's BN normalises
-both views with joint statistics and updates its running statistics once. The
-teacher is in eval mode and unaffected. The authors' CIFAR configs also change
+As in the reference, each model runs once per view (``Batch.chunks``), so each
+view's BatchNorm batch statistics are its own and the student's running
+statistics are updated twice per step. The authors' CIFAR configs also change
 the recipe per pair (LR 0.025 for most pairs; 480 epochs for the ShuffleNet and
-MobileNetV2 students, LR 0.01 resp. 0.0025) — recipe overrides for the suites.
+MobileNetV2 students, LR 0.01 resp. 0.0025): the CIFAR suites set them as the
+method's own recipes (``method_recipes`` / ``pairs.recipes``).
 """
 
 from __future__ import annotations
@@ -425,7 +423,9 @@ class MLKD(Distiller):
         images = torch.cat([batch.images, strong])
         if batch.images.dim() == 4 and batch.images.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
-        return dataclasses.replace(batch, images=images, extras={**(batch.extras or {}), "weak_size": len(strong)})
+        # The reference runs each model once per view: so does the engine, via chunks (BatchNorm per view).
+        extras = {**(batch.extras or {}), "weak_size": len(strong)}
+        return dataclasses.replace(batch, images=images, extras=extras, chunks=(len(strong), len(strong)))
 
     def loss_terms(
         self, student: Signals, teacher: Signals | None, batch: Batch, progress: Progress
