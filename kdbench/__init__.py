@@ -16,7 +16,15 @@ from kdbench._api import (
     list_suites,
 )
 from kdbench._plugins import PluginHost, create_plugin_host
-from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
+from kdbench.distiller import (
+    Batch,
+    DistillContext,
+    Distiller,
+    OptimizerSettings,
+    Phase,
+    Progress,
+    at_least_float32,
+)
 from kdbench.errors import KdbenchError
 from kdbench.features import FeatureCapture, FeatureTaps, Signals, feature_parameters
 from kdbench.hookspecs import hookimpl
@@ -61,6 +69,7 @@ __all__ = [
     "SuiteSpec",
     "TeacherSpec",
     "__version__",
+    "at_least_float32",
     "create_model",
     "create_plugin_host",
     "feature_parameters",

@@ -36,7 +36,16 @@ from torch import nn
 from kdbench.features import Signals
 from kdbench.specs import AugmentSpec
 
-__all__ = ["Batch", "DistillContext", "Distiller", "OptimizerSettings", "Phase", "Progress"]
+__all__ = ["Batch", "DistillContext", "Distiller", "OptimizerSettings", "Phase", "Progress", "at_least_float32"]
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` in float32 if it is half precision (bf16/fp16 under autocast), else unchanged.
+
+    Loss maths of distances, Gram matrices, SVDs and softmaxes is done in at least
+    float32 even when the models run in bf16.
+    """
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 @final

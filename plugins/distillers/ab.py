@@ -45,15 +45,12 @@ from kdbench import (
     Phase,
     Progress,
     Signals,
+    at_least_float32,
     feature_parameters,
     hookimpl,
 )
 
 __all__ = ["AB", "ab_loss", "ab_stage_weights", "build_connector"]
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def ab_loss(source: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
@@ -64,7 +61,7 @@ def ab_loss(source: torch.Tensor, target: torch.Tensor, margin: float) -> torch.
     (``target > 0``) the student is pushed above ``margin`` by ``(source - margin)²``
     while ``source <= margin`` (Heo et al. 2019, eq. 6, the "alternative L2" loss).
     """
-    source, target = _at_least_float32(source), _at_least_float32(target)
+    source, target = at_least_float32(source), at_least_float32(target)
     off = (target <= 0) & (source > -margin)
     on = (target > 0) & (source <= margin)
     loss = (source + margin).pow(2) * off + (source - margin).pow(2) * on

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["AT", "at_loss", "attention_map", "match_spatial_size"]
 
@@ -46,10 +46,6 @@ def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
         f_s, f_t = match_spatial_size(f_s, f_t)
         total = total + (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
     return total
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 class AT(Distiller):
@@ -79,8 +75,8 @@ class AT(Distiller):
         assert teacher is not None
         with torch.autocast(student.logits.device.type, enabled=False):
             at = at_loss(
-                [_at_least_float32(f) for f in student.feats[1:]],
-                [_at_least_float32(f) for f in teacher.feats[1:]],
+                [at_least_float32(f) for f in student.feats[1:]],
+                [at_least_float32(f) for f in teacher.feats[1:]],
                 self.p,
             )
         return {

@@ -19,7 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["CC", "cc_loss"]
 
@@ -28,10 +38,6 @@ def cc_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) ->
     """Return mean over i < N−1 of Σ_d |z_s − z_t|_i,d · |z_s − z_t|_i+1,d (RepDistiller's correlation term)."""
     delta = (student_embedding - teacher_embedding).abs()
     return (delta[:-1] * delta[1:]).sum(dim=1).mean()
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 class CC(Distiller):
@@ -67,7 +73,7 @@ class CC(Distiller):
         z_s = self.embed_student(student.embedding.flatten(1))
         z_t = self.embed_teacher(teacher.embedding.flatten(1))
         with torch.autocast(z_s.device.type, enabled=False):
-            cc = cc_loss(_at_least_float32(z_s), _at_least_float32(z_t))
+            cc = cc_loss(at_least_float32(z_s), at_least_float32(z_t))
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "cc": self.cc_weight * cc,

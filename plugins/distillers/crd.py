@@ -44,7 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["CRD", "contrast_loss", "crd_memory_init", "draw_negatives", "kd_loss", "momentum_update"]
 
@@ -92,14 +102,10 @@ def crd_memory_init(num_data: int, dim: int, generator: torch.Generator) -> torc
     return torch.rand(num_data, dim, generator=generator).mul_(2 * bound).sub_(bound)
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Return T² · mean over the batch of KL(softmax(t/T) ‖ softmax(s/T)) (RepDistiller's ``DistillKL``)."""
-    log_p_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
-    log_p_teacher = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
+    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean() * temperature**2
 
 
@@ -185,8 +191,8 @@ class CRD(Distiller):
         assert student.embedding is not None and teacher.embedding is not None
         indices = batch.indices.to(self.labels.device)
         with torch.autocast(student.embedding.device.type, enabled=False):
-            f_s = self.embed_student(_at_least_float32(student.embedding))
-            f_t = self.embed_teacher(_at_least_float32(teacher.embedding.detach()))
+            f_s = self.embed_student(at_least_float32(student.embedding))
+            f_t = self.embed_teacher(at_least_float32(teacher.embedding.detach()))
             negatives = draw_negatives(self.labels, self.labels[indices], self.nce_k, batch.generator)
             contrast = torch.cat([indices.unsqueeze(1), negatives], dim=1)
             # Student anchor vs the teacher bank, teacher anchor vs the student bank (RepDistiller's out_v1, out_v2).

@@ -17,13 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["DKD", "dkd_loss", "dkd_parts", "linear_ramp"]
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _non_target(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,8 +39,8 @@ def dkd_parts(
     Both are computed from log-sum-exps, so neither saturates for confident
     models. Half-precision inputs are computed in float32.
     """
-    s = _at_least_float32(logits_student) / temperature
-    t = _at_least_float32(logits_teacher) / temperature
+    s = at_least_float32(logits_student) / temperature
+    t = at_least_float32(logits_teacher) / temperature
     index = target.view(-1, 1)
     s_all, t_all = torch.logsumexp(s, 1), torch.logsumexp(t, 1)
     s_rest, t_rest = _non_target(s, target), _non_target(t, target)

@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["FitNet", "HintRegressor", "hint_loss"]
 
@@ -56,10 +66,6 @@ class HintRegressor(nn.Module):
         return self.relu(self.bn(self.conv(hint)))
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 class FitNet(Distiller):
     """Regress the teacher's hint-layer feature from the student's through a trained regressor."""
 
@@ -92,7 +98,7 @@ class FitNet(Distiller):
         assert teacher is not None
         regressed = self.regressor(student.feats[self.hint_layer])
         with torch.autocast(regressed.device.type, enabled=False):
-            hint = hint_loss(_at_least_float32(regressed), _at_least_float32(teacher.feats[self.hint_layer]))
+            hint = hint_loss(at_least_float32(regressed), at_least_float32(teacher.feats[self.hint_layer]))
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "hint": self.hint_weight * hint,

@@ -47,15 +47,12 @@ from kdbench import (
     Phase,
     Progress,
     Signals,
+    at_least_float32,
     feature_parameters,
     hookimpl,
 )
 
 __all__ = ["FSP", "fsp_loss", "fsp_matrix"]
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
@@ -65,7 +62,7 @@ def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     the smaller one's (Yim et al. 2017, eq. 1; RepDistiller's pooling). Computed in
     at least float32, outside autocast.
     """
-    bottom, top = _at_least_float32(bottom), _at_least_float32(top)
+    bottom, top = at_least_float32(bottom), at_least_float32(top)
     if bottom.shape[-2:] != top.shape[-2:]:
         if bottom.shape[-2] > top.shape[-2]:
             bottom = F.adaptive_avg_pool2d(bottom, top.shape[-2:])

@@ -43,16 +43,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Phase, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Phase,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["FACTOR_FORMS", "FT", "Paraphraser", "Translator", "factor_transfer_loss", "factor_vector"]
 
 #: How a factor (N, C, H, W) becomes the vector that is L2-normalised and compared.
 FACTOR_FORMS = ("channel_mean_square", "flatten")
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def factor_vector(factor: torch.Tensor, form: str = "channel_mean_square") -> torch.Tensor:
@@ -61,7 +68,7 @@ def factor_vector(factor: torch.Tensor, form: str = "channel_mean_square") -> to
     ``"flatten"``: all C·H·W values (the paper); ``"channel_mean_square"``: the H·W
     values of mean over channels of F² (RepDistiller).
     """
-    factor = _at_least_float32(factor)
+    factor = at_least_float32(factor)
     if form == "channel_mean_square":
         factor = factor.pow(2).mean(dim=1)
     elif form != "flatten":
@@ -179,9 +186,9 @@ class FT(Distiller):
     ) -> dict[str, torch.Tensor]:
         """Return ``{"reconstruction": MSE(paraphraser(teacher feature), teacher feature)}``."""
         assert teacher is not None
-        feature = _at_least_float32(teacher.feats[-1].detach())
+        feature = at_least_float32(teacher.feats[-1].detach())
         _, reconstruction = self.paraphraser(feature)
-        return {"reconstruction": F.mse_loss(_at_least_float32(reconstruction), feature)}
+        return {"reconstruction": F.mse_loss(at_least_float32(reconstruction), feature)}
 
     def main_parameters(self) -> Iterable[nn.Parameter]:
         """Return the translator's parameters; the paraphraser stays as the init stage left it."""

@@ -9,13 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench import Batch, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["KD", "kd_loss"]
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,8 +20,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     The T² factor keeps gradient magnitudes comparable across temperatures
     (Hinton et al. 2015, section 2). Half-precision inputs are computed in float32.
     """
-    log_p_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
-    log_p_teacher = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
+    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
     return kl.mean() * temperature**2
 

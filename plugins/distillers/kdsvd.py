@@ -45,7 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["KDSVD", "align_singular_vectors", "channel_singular_vectors", "kdsvd_loss"]
 
@@ -99,10 +109,6 @@ def kdsvd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[to
     return total
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 def _check_channels(context: DistillContext) -> None:
     if context.student_shapes is None or context.teacher_shapes is None:
         raise KdbenchError("KD-SVD needs the student's and teacher's feature shapes in its DistillContext")
@@ -144,8 +150,8 @@ class KDSVD(Distiller):
         assert teacher is not None
         with torch.autocast(student.logits.device.type, enabled=False):
             kdsvd = kdsvd_loss(
-                [_at_least_float32(f) for f in student.feats[1:]],
-                [_at_least_float32(f) for f in teacher.feats[1:]],
+                [at_least_float32(f) for f in student.feats[1:]],
+                [at_least_float32(f) for f in teacher.feats[1:]],
                 self.k,
             )
         return {

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["NST", "nst_loss", "polynomial_mmd2"]
 
@@ -54,10 +54,6 @@ def nst_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
     return total
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 class NST(Distiller):
     """Match the distributions of neuron selectivity patterns (channel maps) by squared MMD."""
 
@@ -83,8 +79,8 @@ class NST(Distiller):
         assert teacher is not None
         with torch.autocast(student.logits.device.type, enabled=False):
             nst = nst_loss(
-                [_at_least_float32(f) for f in student.feats[1:]],
-                [_at_least_float32(f) for f in teacher.feats[1:]],
+                [at_least_float32(f) for f in student.feats[1:]],
+                [at_least_float32(f) for f in teacher.feats[1:]],
             )
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),

@@ -38,13 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["OFD", "bn_margin", "ofd_loss", "ofd_stage_weights"]
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def bn_margin(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -71,7 +77,7 @@ def ofd_loss(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -
     already at or below a non-positive target: (s − max(t, m))² where s > max(t, m)
     or t > 0 (Heo et al. 2019, eq. 4).
     """
-    source, target = _at_least_float32(source), _at_least_float32(target)
+    source, target = at_least_float32(source), at_least_float32(target)
     raised = torch.maximum(target, margin.to(target).view(1, -1, 1, 1))
     counted = (source > raised) | (target > 0)
     return ((source - raised).pow(2) * counted).sum() / source.shape[0]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["PKT", "conditional_probabilities", "pkt_loss"]
 
@@ -33,10 +33,6 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) ->
     p_s = conditional_probabilities(student.flatten(1), eps)
     p_t = conditional_probabilities(teacher.flatten(1), eps)
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 class PKT(Distiller):
@@ -65,7 +61,7 @@ class PKT(Distiller):
         """Return the weighted CE and probabilistic-knowledge-transfer terms."""
         assert teacher is not None and student.embedding is not None and teacher.embedding is not None
         with torch.autocast(student.logits.device.type, enabled=False):
-            pkt = pkt_loss(_at_least_float32(student.embedding), _at_least_float32(teacher.embedding), self.eps)
+            pkt = pkt_loss(at_least_float32(student.embedding), at_least_float32(teacher.embedding), self.eps)
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "pkt": self.pkt_weight * pkt,

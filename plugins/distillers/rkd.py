@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["RKD", "pairwise_distances", "rkd_angle_loss", "rkd_distance_loss", "triplet_angles"]
 
@@ -53,10 +53,6 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return F.smooth_l1_loss(triplet_angles(student.flatten(1)), triplet_angles(teacher.flatten(1)))
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 class RKD(Distiller):
     """Transfer the distance and angle structure of the teacher's embeddings within a batch."""
 
@@ -85,7 +81,7 @@ class RKD(Distiller):
         """Return the weighted CE, RKD distance and RKD angle terms."""
         assert teacher is not None and student.embedding is not None and teacher.embedding is not None
         with torch.autocast(student.logits.device.type, enabled=False):
-            e_s, e_t = _at_least_float32(student.embedding), _at_least_float32(teacher.embedding)
+            e_s, e_t = at_least_float32(student.embedding), at_least_float32(teacher.embedding)
             distance = rkd_distance_loss(e_s, e_t, self.eps)
             angle = rkd_angle_loss(e_s, e_t)
         return {

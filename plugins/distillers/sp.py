@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
 
 __all__ = ["SP", "similarity_matrix", "sp_loss"]
 
@@ -29,10 +29,6 @@ def sp_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> tor
     batch = student_feature.shape[0]
     diff = similarity_matrix(teacher_feature) - similarity_matrix(student_feature)
     return diff.pow(2).sum() / batch**2
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 class SP(Distiller):
@@ -59,7 +55,7 @@ class SP(Distiller):
         """Return the weighted CE and similarity-preserving terms."""
         assert teacher is not None
         with torch.autocast(student.logits.device.type, enabled=False):
-            sp = sp_loss(_at_least_float32(student.feats[-1]), _at_least_float32(teacher.feats[-1]))
+            sp = sp_loss(at_least_float32(student.feats[-1]), at_least_float32(teacher.feats[-1]))
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "sp": self.sp_weight * sp,

@@ -47,7 +47,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Phase, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Phase,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = [
     "SSKD",
@@ -119,18 +130,14 @@ def _rotated_owner(batch: int, device: torch.device) -> torch.Tensor:
 
 def ss_head_loss(rep: torch.Tensor) -> torch.Tensor:
     """Return the head's self-supervision loss: CE of the similarity matrix rows against their own image."""
-    simi = similarity_matrix(_at_least_float32(rep))
+    simi = similarity_matrix(at_least_float32(rep))
     return F.cross_entropy(simi, _rotated_owner(simi.shape[1], simi.device))
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Return per row T² · KL(softmax(t/T) ‖ softmax(s/T)), computed in float32 or wider."""
-    log_p_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
-    log_p_teacher = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
+    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1) * temperature**2
 
 
@@ -266,12 +273,12 @@ class SSKD(Distiller):
         s_rot, t_rot = s_logits[:, 1:].flatten(0, 1), t_logits[:, 1:].flatten(0, 1)
         rot_targets = batch.targets.repeat_interleave(VIEWS - 1)
         tf_keep = error_rank_keep(t_rot, rot_targets, self.tf_keep_ratio)
-        s_simi = similarity_matrix(_at_least_float32(self.student_head(student.embedding.flatten(1))))
+        s_simi = similarity_matrix(at_least_float32(self.student_head(student.embedding.flatten(1))))
         with torch.no_grad():
-            t_simi = similarity_matrix(_at_least_float32(self.teacher_head(teacher.embedding.detach().flatten(1))))
+            t_simi = similarity_matrix(at_least_float32(self.teacher_head(teacher.embedding.detach().flatten(1))))
         ss_keep = error_rank_keep(t_simi, _rotated_owner(t_simi.shape[1], t_simi.device), self.ss_keep_ratio)
         values = {
-            "ce": F.cross_entropy(_at_least_float32(s_logits[:, 0]), batch.targets),
+            "ce": F.cross_entropy(at_least_float32(s_logits[:, 0]), batch.targets),
             "kd": soft_kl_rows(s_logits[:, 0], t_logits[:, 0], self.kd_temperature).mean(),
             "tf": _masked_mean(soft_kl_rows(s_rot, t_rot, self.tf_temperature), tf_keep),
             "ss": _masked_mean(soft_kl_rows(s_simi, t_simi, self.ss_temperature), ss_keep),

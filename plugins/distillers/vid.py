@@ -22,7 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench import (
+    Batch,
+    DistillContext,
+    Distiller,
+    DistillerSpec,
+    KdbenchError,
+    Progress,
+    Signals,
+    at_least_float32,
+    hookimpl,
+)
 
 __all__ = ["VID", "VariationalRegressor", "vid_loss"]
 
@@ -67,10 +77,6 @@ def _match_spatial_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[t
     return student, teacher
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 def _stage_channels(feats: Sequence[torch.Tensor]) -> list[int]:
     return [f.shape[1] for f in feats[1:]]
 
@@ -110,7 +116,7 @@ class VID(Distiller):
             f_s, f_t = _match_spatial_size(f_s, f_t)
             mean = stage(f_s)
             with torch.autocast(mean.device.type, enabled=False):
-                vid = vid + vid_loss(_at_least_float32(mean), _at_least_float32(f_t), stage.log_scale, self.eps)
+                vid = vid + vid_loss(at_least_float32(mean), at_least_float32(f_t), stage.log_scale, self.eps)
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "vid": self.vid_weight * vid,
