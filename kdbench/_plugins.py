@@ -15,7 +15,7 @@ import pluggy
 
 from kdbench import hookspecs
 from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
-from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, SuiteSpec, TeacherSpec
+from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
 
 __all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginHost", "PluginInfo", "Registry", "create_plugin_host"]
 
@@ -28,6 +28,7 @@ REGISTRY_KINDS: dict[str, tuple[str, type]] = {
     "distillers": ("kdbench_register_distillers", DistillerSpec),
     "datasets": ("kdbench_register_datasets", DatasetSpec),
     "teachers": ("kdbench_register_teachers", TeacherSpec),
+    "pruners": ("kdbench_register_pruners", PrunerSpec),
     "suites": ("kdbench_register_suites", SuiteSpec),
 }
 
@@ -179,12 +180,17 @@ class PluginHost:
         return self._registries["teachers"]
 
     @property
+    def pruners(self) -> Registry[PrunerSpec]:
+        """Return the pruner registry."""
+        return self._registries["pruners"]
+
+    @property
     def suites(self) -> Registry[SuiteSpec]:
         """Return the suite registry."""
         return self._registries["suites"]
 
     def registry(self, kind: str) -> Registry[Any]:
-        """Return the registry of ``kind`` (models, distillers, datasets, teachers, suites)."""
+        """Return the registry of ``kind`` (models, distillers, datasets, teachers, pruners, suites)."""
         if kind not in self._registries:
             raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(REGISTRY_KINDS)}")
         return self._registries[kind]

@@ -25,7 +25,7 @@ from kdbench.suites import load_suite_file
 
 __all__ = ["build_parser", "main"]
 
-LIST_KINDS = ("models", "distillers", "datasets", "suites", "teachers")
+LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers")
 
 
 def _plugin_options() -> argparse.ArgumentParser:
@@ -317,6 +317,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "datasets": ["dataset", "classes", "image", "description", "plugin"],
         "suites": ["suite", "dataset", "pairs", "methods", "seeds", "description", "plugin"],
         "teachers": ["teacher", "model", "dataset", "path", "reported top-1", "plugin"],
+        "pruners": ["pruner", "kind", "defaults", "description", "citation", "plugin"],
     }[args.kind]
     print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
     return 0
@@ -328,6 +329,10 @@ def _list_row(kind: str, spec: object, plugin: str) -> list[str]:
     if kind == "distillers":
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
         return [spec.name, spec.family, defaults, spec.description, spec.citation, plugin]
+    if kind == "pruners":
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
+        kind_text = "structured" if spec.structured else "unstructured"
+        return [spec.name, kind_text, defaults, spec.description, spec.citation, plugin]
     if kind == "datasets":
         size = "×".join(map(str, spec.image_size))
         return [spec.name, str(spec.num_classes), size, spec.description, plugin]

@@ -19,7 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from kdbench.records import EpochRecord, RunInfo, RunResult
-    from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, SuiteSpec, TeacherSpec
+    from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
 
 __all__ = ["CONTRACT_VERSION", "PROJECT", "hookimpl", "hookspec"]
 
@@ -47,6 +47,11 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
 @hookspec
 def kdbench_register_datasets() -> list[DatasetSpec]:
     """Return datasets with their loader, normalisation and train augmentation."""
+
+
+@hookspec
+def kdbench_register_pruners() -> list[PrunerSpec]:
+    """Return pruning methods (importance criteria on torch-pruning, or unstructured pruners)."""
 
 
 @hookspec

@@ -124,6 +124,26 @@ class DistillerSpec:
 
 @final
 @dataclass(frozen=True, slots=True)
+class PrunerSpec:
+    """A pruning method: ``builder(**params)`` returns a :class:`kdbench.pruning.Pruner`.
+
+    ``structured`` pruners remove whole channels (through torch-pruning's
+    dependency graph); unstructured ones zero individual weights.
+    """
+
+    name: str
+    builder: Callable[..., Any]
+    description: str
+    citation: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    structured: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", _frozen(self.defaults))
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class TeacherSpec:
     """A trained teacher available as a file: ``path`` is relative to ``--teacher-root``.
 
