@@ -172,6 +172,7 @@ class _Run:
         data: ImageData,
         teacher: TrainedModel | None,
         options: EngineOptions,
+        student: nn.Module | None = None,
     ) -> None:
         self.config = config
         self.options = options
@@ -180,7 +181,9 @@ class _Run:
         device = options.device
         torch.manual_seed(int(config["seed"]))
         spec = host.distillers.get(config["distiller"])
-        self.student = host.models.get(config["student"]).builder(num_classes=dataset.num_classes).to(device)
+        if student is None:
+            student = host.models.get(config["student"]).builder(num_classes=dataset.num_classes)
+        self.student = student.to(device)
         self.teacher = teacher
         self.train_images = data.train_images.to(device)
         self.train_labels = data.train_labels.to(device)
@@ -405,14 +408,19 @@ def train_run(
     data: ImageData,
     teacher: TrainedModel | None,
     options: EngineOptions,
+    student: nn.Module | None = None,
+    final_extras: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Train (or resume) the run described by ``run.config``; write checkpoints and final weights in ``run.work_dir``.
 
-    Returns a finished or diverged :class:`RunResult` whose wall time is the sum of
-    its epochs' times (resume-stable); errors propagate to the caller.
+    ``student`` is the initial student when it is not built from the registry
+    (e.g. a pruned model); ``final_extras`` go into ``final.pt`` beside the
+    weights (e.g. a pruned architecture's description). Returns a finished or
+    diverged :class:`RunResult` whose wall time is the sum of its epochs' times
+    (resume-stable); errors propagate to the caller.
     """
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    state = _Run(run.config, host, dataset, data, teacher, options)
+    state = _Run(run.config, host, dataset, data, teacher, options, student)
     checkpoint = run.work_dir / CHECKPOINT_NAME
     if checkpoint.exists():
         state.resume(checkpoint)
@@ -446,7 +454,8 @@ def train_run(
     finally:
         bar.close()
     if status == "finished":
-        _atomic_save({"model": state.student.state_dict(), "arch": run.config["student"]}, run.work_dir / FINAL_NAME)
+        final = {"arch": run.config["student"], **(final_extras or {}), "model": state.student.state_dict()}
+        _atomic_save(final, run.work_dir / FINAL_NAME)
     return _result(state.curve, status, state.distiller.extra_parameter_count())
 
 

@@ -157,7 +157,7 @@ def _superscript(number: int) -> str:
 
 
 def _methods_by_family(plan: Sequence[PlannedRun], families: Mapping[str, str]) -> list[tuple[str, list[str]]]:
-    methods = sorted({r.config["distiller"] for r in plan if r.pair is not None})
+    methods = sorted({r.config["distiller"] for r in plan if r.pair is not None and r.kind == "student"})
     groups = []
     for family in (*FAMILY_ORDER, *sorted(set(families.values()) - set(FAMILY_ORDER))):
         names = [m for m in methods if families.get(m, "other") == family]
@@ -285,6 +285,60 @@ def _own_recipes(table: _Table) -> list[str]:
     ]
 
 
+def _pruning_table(table: _Table) -> str | None:
+    """Return the pruning table (accuracy before/after, compression, speed-up), or None without prune runs."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    labels: dict[tuple[str, str], str] = {}
+    for run in table.plan:
+        if run.kind != "prune":
+            continue
+        details = run.config["prune"]
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(details["settings"].items()))
+        method = (run.config.get("after") or {}).get("distiller", "—")
+        key = (str(details["source"]["arch"]) + f" ({method})", f"{details['pruner']} {settings}")
+        labels[key] = f"{details['finetune_epochs']}"
+        record = table.records.get(run.run_id)
+        groups.setdefault(key, [])
+        if record and record["status"] == "finished" and record.get("profile"):
+            groups[key].append(record)
+    if not groups:
+        return None
+    headers = ["model (trained with)", "pruner", "top-1 before", "after pruning", "after fine-tune (epochs)"]
+    headers += ["params", "compression", "MACs (M)", "speed-up", "sparsity", "n"]
+    rows = []
+    for key in sorted(groups):
+        records = groups[key]
+        if not records:
+            rows.append([*key, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, "0"])
+            continue
+        pruning = [r["profile"]["pruning"] for r in records]
+        before = [p["top1_before"] for p in pruning]
+        after = [p["top1_after_prune"] for p in pruning]
+        tuned = [float(r[table.rule]) for r in records] if int(labels[key]) else []
+        first = records[0]["profile"]
+        old = first["pruning"]["before"]
+        rows.append(
+            [
+                *key,
+                _plain(before),
+                _plain(after),
+                f"{_plain(tuned)} ({labels[key]})" if tuned else "n/a (0)",
+                f"{int(old['params']):,} → {int(first['params']):,}",
+                f"{int(old['params']) / max(int(first['params']), 1):.2f}×",
+                f"{int(old['macs']) / 1e6:.1f} → {int(first['macs']) / 1e6:.1f}",
+                f"{int(old['macs']) / max(int(first['macs']), 1):.2f}×",
+                f"{100 * float(first['pruning']['sparsity']):.1f} %",
+                str(len(records)),
+            ]
+        )
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _plain(values: Sequence[float]) -> str:
+    mean, std, n = cell_stats(values)
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
 def _provenance(table: _Table) -> list[str]:
     records = [r for r in table.records.values()]
     devices = sorted({r["device"] for r in records if r.get("device")})
@@ -336,6 +390,18 @@ def render_leaderboard(
         lines += ["Published claims (`paper`):", ""]
         lines += [f"- {marker} {source}" for source, marker in markers.items()]
         lines.append("")
+    pruning = _pruning_table(table)
+    if pruning is not None:
+        lines += [
+            "## Pruning",
+            "",
+            "Each trained model pruned (structured: whole channels through torch-pruning's dependency graph; "
+            "unstructured: weights zeroed), then fine-tuned; compression = params before / after, "
+            "speed-up = MACs before / after (fvcore).",
+            "",
+            pruning,
+            "",
+        ]
     lines += [
         "## Efficiency",
         "",

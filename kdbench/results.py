@@ -60,7 +60,7 @@ COLUMNS: tuple[str, ...] = (
     "created",
 )
 JSON_COLUMNS = frozenset({"config", "curve", "profile", "versions"})
-KINDS = frozenset({"teacher", "student"})
+KINDS = frozenset({"teacher", "student", "prune"})
 STATUSES = frozenset({"finished", "diverged", "failed"})
 RESULT_STATUSES = ("finished", "diverged")
 """Statuses that are results: a diverged run is not retried, a failed one is."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import json
@@ -14,12 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import kdbench
 from kdbench._plugins import PluginHost
+from kdbench.augment import normalize
+from kdbench.derived import parse_derived
 from kdbench.engine import CHECKPOINT_NAME, FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
 from kdbench.errors import CheckpointError, KdbenchError, UnknownNameError
 from kdbench.profile import device_name, profile_model
+from kdbench.pruning import (
+    PruneSettings,
+    describe_architecture,
+    load_pruned,
+    prune_model,
+    rebuild,
+    save_pruned,
+    sparsity,
+)
 from kdbench.records import RunInfo, RunResult
 from kdbench.results import ResultsStore
 from kdbench.specs import DatasetSpec, ImageData, PairSpec, Recipe, SuiteSpec
@@ -27,24 +41,25 @@ from kdbench.specs import DatasetSpec, ImageData, PairSpec, Recipe, SuiteSpec
 __all__ = ["PlannedRun", "RunnerOptions", "SuiteReport", "plan_suite", "run_id_of", "run_suite", "select_runs"]
 
 CONFIG_VERSION = 1
+PRUNED_NAME = "pruned.pt"
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedRun:
-    """One run of a suite: its id, role, resolved config and the teacher run it waits for."""
+    """One run of a suite: its id, role (teacher, student, prune), resolved config and the runs it needs."""
 
     run_id: str
     kind: str
     config: Mapping[str, Any]
     pair: PairSpec | None = None
-    teacher_run: str | None = None
+    requires: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         """Return a human label: ``method student←teacher seed=N``."""
         teacher = self.config.get("teacher") or {}
         arrow = f"←{teacher['arch']}" if teacher else ""
-        role = "teacher " if self.kind == "teacher" else ""
+        role = f"{self.kind} " if self.kind != "student" else ""
         seed = f" seed={self.config['seed']}" if "seed" in self.config else ""
         return f"{role}{self.config['distiller']} {self.config['student']}{arrow}{seed}"
 
@@ -130,21 +145,65 @@ def _check_names(suite: SuiteSpec, host: PluginHost) -> None:
         host.datasets.get(suite.dataset)
         for pair in suite.pairs:
             host.models.get(pair.teacher)
-            host.models.get(pair.student)
+            derived = parse_derived(pair.student)
+            if derived is None:
+                host.models.get(pair.student)
+                continue
+            host.pruners.get(derived.pruner)
+            if derived.base != pair.teacher:
+                raise KdbenchError(f"{where}: {pair.student} must prune the pair's teacher {pair.teacher}")
+        for stage in suite.prune_after:
+            host.pruners.get(stage["pruner"])
     except UnknownNameError as exc:
         raise UnknownNameError(f"{where}: {exc}") from None
+
+
+def _prune_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    keys = {"ratio": "ratio", "macs": "target_macs_reduction", "round_to": "round_to", "global": "global_pruning"}
+    return {keys[key]: value for key, value in values.items() if key in keys}
+
+
+def _prune_config(
+    suite: SuiteSpec, host: PluginHost, label: str, source: Mapping[str, Any], pruner: str, details: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Return the config of a run that prunes ``source`` (and fine-tunes it ``finetune_epochs`` epochs)."""
+    spec = host.pruners.get(pruner)
+    return {
+        "kdbench_config": CONFIG_VERSION,
+        "dataset": suite.dataset,
+        "student": label,
+        "teacher": None,
+        "distiller": "prune",
+        "seed": details["seed"],
+        "prune": {
+            "source": dict(source),
+            "pruner": pruner,
+            "params": {**spec.defaults, **details.get("params", {})},
+            "settings": dict(details["settings"]),
+            "finetune_epochs": details.get("finetune_epochs", 0),
+            "finetune_lr": details.get("finetune_lr", 0.0),
+        },
+    }
+
+
+def _add(planned: dict[str, PlannedRun], run: PlannedRun) -> None:
+    # A run can be reached twice (e.g. a vanilla student shared by pairs); a teacher role wins.
+    if run.run_id not in planned or (planned[run.run_id].kind == "teacher" and run.kind != "teacher"):
+        if run.run_id in planned:
+            run = PlannedRun(run.run_id, "teacher", run.config, run.pair, run.requires)
+        planned[run.run_id] = run
 
 
 def plan_suite(
     suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None
 ) -> list[PlannedRun]:
-    """Return every run of ``suite`` in execution order: teachers first, then students, each once."""
+    """Return every run of ``suite`` in execution order: teachers, derived students, students, prune stages."""
     _check_names(suite, host)
     overrides = teacher_overrides or {}
     teacher_recipe = suite.teacher_recipe or suite.recipe
     vanilla_defaults = host.distillers.get("vanilla").defaults if "vanilla" in host.distillers else {}
     planned: dict[str, PlannedRun] = {}
-    teacher_refs: dict[str, tuple[dict[str, Any], str | None]] = {}
+    teacher_refs: dict[str, tuple[dict[str, Any], str]] = {}
     for arch in dict.fromkeys(pair.teacher for pair in suite.pairs):
         source = _teacher_source(suite, arch, host, overrides)
         if source:
@@ -157,14 +216,26 @@ def plan_suite(
                 "evaluate_checkpoint": source,
             }
             run_id = run_id_of(config)
-            planned.setdefault(run_id, PlannedRun(run_id, "teacher", config))
+            _add(planned, PlannedRun(run_id, "teacher", config))
             # Students wait for the checkpoint's evaluation: it fails exactly when loading it would.
             teacher_refs[arch] = ({"arch": arch, "checkpoint": source}, run_id)
             continue
         config = _config(suite, arch, "vanilla", vanilla_defaults, suite.teacher_seed, teacher_recipe)
         run_id = run_id_of(config)
-        planned.setdefault(run_id, PlannedRun(run_id, "teacher", config))
+        _add(planned, PlannedRun(run_id, "teacher", config))
         teacher_refs[arch] = ({"arch": arch, "run": run_id}, run_id)
+    derivations: dict[str, str] = {}
+    for pair in suite.pairs:
+        derived = parse_derived(pair.student)
+        if derived is None:
+            continue
+        ref, teacher_run = teacher_refs[pair.teacher]
+        details = {"seed": suite.teacher_seed, "settings": derived.settings, "params": derived.params}
+        config = _prune_config(suite, host, derived.architecture_label, ref, derived.pruner, details)
+        run_id = run_id_of(config)
+        _add(planned, PlannedRun(run_id, "prune", config, pair, (teacher_run,)))
+        derivations[pair.student] = run_id
+    students: list[PlannedRun] = []
     for pair in suite.pairs:
         for name in _distiller_names(suite, host):
             if name in pair.skip:
@@ -174,15 +245,28 @@ def plan_suite(
             recipe = suite.recipe_for(pair, name)
             for seed in suite.seeds:
                 config = _config(suite, pair.student, name, params, seed, recipe)
-                teacher_run = None
+                requires: tuple[str, ...] = ()
+                if pair.student in derivations:
+                    init = parse_derived(pair.student).init  # type: ignore[union-attr]
+                    config["init"] = {"prune_run": derivations[pair.student], "weights": init}
+                    requires += (derivations[pair.student],)
                 if spec.needs_teacher:
                     config["teacher"], teacher_run = teacher_refs[pair.teacher]
-                run_id = run_id_of(config)
-                if run_id not in planned or planned[run_id].kind == "teacher":
-                    kind = "student" if run_id not in planned else "teacher"
-                    planned[run_id] = PlannedRun(
-                        run_id, kind, config, pair if spec.needs_teacher else None, teacher_run
-                    )
+                    requires += (teacher_run,)
+                run = PlannedRun(run_id_of(config), "student", config, pair if spec.needs_teacher else None, requires)
+                _add(planned, run)
+                students.append(planned[run.run_id])
+    for stage in suite.prune_after:
+        methods = stage["methods"]
+        for run in {run.run_id: run for run in students}.values():
+            if run.kind != "student" or not any(fnmatch.fnmatchcase(run.config["distiller"], m) for m in methods):
+                continue
+            details = {**stage, "seed": run.config["seed"], "settings": _prune_settings(stage)}
+            source = {"arch": run.config["student"], "run": run.run_id}
+            label = f"{run.config['student']}+{stage['pruner']}"
+            config = _prune_config(suite, host, label, source, stage["pruner"], details)
+            config["after"] = {"distiller": run.config["distiller"]}
+            _add(planned, PlannedRun(run_id_of(config), "prune", config, run.pair, (run.run_id,)))
     return list(planned.values())
 
 
@@ -210,7 +294,13 @@ def select_runs(plan: list[PlannedRun], patterns: Iterable[str]) -> list[Planned
     if not patterns:
         return plan
     chosen = {run.run_id for run in plan if any(_matches(run, p) for p in patterns)}
-    chosen |= {run.teacher_run for run in plan if run.run_id in chosen and run.teacher_run}
+    by_id = {run.run_id: run for run in plan}
+    pending = list(chosen)
+    while pending:  # the runs the chosen ones need, transitively
+        for needed in by_id[pending.pop()].requires:
+            if needed not in chosen:
+                chosen.add(needed)
+                pending.append(needed)
     return [run for run in plan if run.run_id in chosen]
 
 
@@ -357,6 +447,98 @@ class _SuiteExecution:
         value = round(float(top1), 4)
         return RunResult(status="finished", best_top1=value, last_top1=value, best_epoch=None)
 
+    def _top1(self, model: nn.Module, data: ImageData) -> float:
+        device = self.options.engine.device
+        images, labels = data.test_images.to(device), data.test_labels.to(device)
+        top1 = evaluate(model.to(device), images, labels, self.dataset, 1000, self.options.engine.bf16)
+        return round(float(top1), 4)
+
+    def _weights_of(self, source: Mapping[str, Any]) -> nn.Module:
+        """Return a fresh copy of the model a prune run starts from (a teacher, or a trained student)."""
+        if "checkpoint" in source:
+            teacher = self.teacher_for({"teacher": dict(source)})
+            assert teacher is not None
+            return copy.deepcopy(teacher.module).requires_grad_(True)
+        path = self.options.work_root / source["run"] / FINAL_NAME
+        if not path.is_file():
+            raise CheckpointError(
+                f"run {source['run']} ({source['arch']}) has no weights at {path}; "
+                "delete its stored result to train it again"
+            )
+        state = load_state(path)
+        if "architecture" in state:
+            return load_pruned(path, self.host)
+        model = self.host.models.get(source["arch"]).builder(num_classes=self.dataset.num_classes)
+        model.load_state_dict(state["model"])
+        return model
+
+    def _calibration(self, data: ImageData) -> Callable[[nn.Module], None]:
+        """Return a function accumulating CE gradients over a few train batches (for gradient importances)."""
+        device = self.options.engine.device
+
+        def calibrate(model: nn.Module) -> None:
+            generator = torch.Generator().manual_seed(0)
+            order = torch.randperm(data.train_images.shape[0], generator=generator)[: 4 * 64]
+            for index in order.split(64):
+                images = normalize(data.train_images[index].to(device), self.dataset.mean, self.dataset.std)
+                F.cross_entropy(model(images), data.train_labels[index].to(device)).backward()
+
+        return calibrate
+
+    def _prune(self, run: PlannedRun, info: RunInfo, data: ImageData) -> tuple[RunResult, dict[str, Any]]:
+        """Prune the run's source model, evaluate it, fine-tune it if asked; return the result and its profile."""
+        details = run.config["prune"]
+        torch.manual_seed(int(run.config["seed"]))
+        model = self._weights_of(details["source"]).to(self.options.engine.device)
+        base = _base_arch(details["source"]["arch"])
+        before = {"top1": self._top1(model, data), "profile": self._profile_of(model, 0)}
+        example = torch.zeros(1, *self.dataset.image_size, device=self.options.engine.device)
+        settings = PruneSettings(**details["settings"])
+        model = prune_model(
+            self.host, model, details["pruner"], details["params"], example, settings, self._calibration(data)
+        )
+        info.work_dir.mkdir(parents=True, exist_ok=True)
+        save_pruned(model, base, self.dataset.num_classes, info.work_dir / PRUNED_NAME)
+        after_prune = self._top1(model, data)
+        result = RunResult(status="finished", best_top1=after_prune, last_top1=after_prune)
+        epochs = int(details["finetune_epochs"])
+        if not self.host.pruners.get(details["pruner"]).structured:
+            _keep_zeros(model)
+        if epochs > 0:
+            config = _finetune_config(run.config, epochs, float(details["finetune_lr"]), self.host)
+            tune = RunInfo(run.run_id, config, info.work_dir, info.device)
+            extras = {"format": "kdbench-pruned-1", "arch": base, "num_classes": self.dataset.num_classes}
+            extras["architecture"] = describe_architecture(model)
+            result = train_run(tune, self.host, self.dataset, data, None, self.options.engine, model, extras)
+        pruning = {"top1_before": before["top1"], "top1_after_prune": after_prune, "before": before["profile"]}
+        pruning["sparsity"] = round(sparsity(model), 6)
+        return result, {**self._profile_of(model, 0), "pruning": pruning}
+
+    def _initial_student(self, config: Mapping[str, Any]) -> tuple[nn.Module | None, dict[str, Any] | None]:
+        """Return the run's initial student and the extras its final weights need, if it is a derived student."""
+        init = config.get("init")
+        if not init:
+            return None, None
+        path = self.options.work_root / init["prune_run"] / PRUNED_NAME
+        if not path.is_file():
+            raise CheckpointError(f"derived student {config['student']}: no pruned model at {path}")
+        model = load_pruned(path, self.host)
+        state = load_state(path)
+        if init["weights"] == "scratch":
+            torch.manual_seed(int(config["seed"]))
+            model = rebuild(self.host, state["arch"], state["num_classes"], state["architecture"])
+        extras = {key: state[key] for key in ("format", "arch", "num_classes", "architecture")}
+        return model, extras
+
+    def _profile_of(self, model: nn.Module, extra_params: int) -> dict[str, Any]:
+        profile = profile_model(
+            copy.deepcopy(model),
+            self.dataset.image_size,
+            device=self.options.engine.device,
+            batch_sizes=self.options.latency_batch_sizes,
+        )
+        return {**profile.to_dict(), "extra_params": extra_params}
+
     def execute(self, run: PlannedRun) -> RunResult:
         info = RunInfo(run.run_id, run.config, self.options.work_root / run.run_id, self.device_name)
         profile = None
@@ -365,9 +547,17 @@ class _SuiteExecution:
             teacher = self.teacher_for(run.config)
             if "evaluate_checkpoint" in run.config:
                 result = self._evaluate_checkpoint(run.config, data)
+                profile = self.profile(run.config["student"], result.extra_params)
+            elif "prune" in run.config:
+                result, profile = self._prune(run, info, data)
             else:
-                result = train_run(info, self.host, self.dataset, data, teacher, self.options.engine)
-            profile = self.profile(run.config["student"], result.extra_params)
+                student, extras = self._initial_student(run.config)
+                engine = self.options.engine
+                result = train_run(info, self.host, self.dataset, data, teacher, engine, student, extras)
+                if student is None:
+                    profile = self.profile(run.config["student"], result.extra_params)
+                else:
+                    profile = self._profile_of(student, result.extra_params)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # isolate the failure: record it, let the suite go on
@@ -419,23 +609,22 @@ def run_suite(
         execution.load_data()
     skipped = tuple(run.run_id for run in plan if run not in pending)
     outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": []}
-    failed_teachers: dict[str, str] = {}
+    unusable: dict[str, str] = {}  # run id → why runs needing it cannot go on
     from tqdm.auto import tqdm
 
     bar = tqdm(pending, desc=f"suite {suite.name}", unit="run", disable=not options.engine.progress)
     for run in bar:
         bar.set_postfix_str(run.label)
-        if run.teacher_run in failed_teachers:
-            result = RunResult(
-                status="failed", error=f"teacher run {run.teacher_run} failed: {failed_teachers[run.teacher_run]}"
-            )
+        blocked = next((needed for needed in run.requires if needed in unusable), None)
+        if blocked is not None:
+            result = RunResult(status="failed", error=f"needed run {blocked} failed: {unusable[blocked]}")
             store.put(execution.record(run, result, None))
         else:
             result = execution.execute(run)
+        if result.status != "finished":
+            unusable[run.run_id] = result.error or result.status
         if result.status == "failed":
             outcome["failed"].append((run.run_id, result.error))
-            if run.kind == "teacher":
-                failed_teachers[run.run_id] = result.error
         else:
             outcome[result.status].append(run.run_id)
         if on_run:
@@ -448,8 +637,37 @@ def run_suite(
     )
 
 
+def _keep_zeros(model: nn.Module) -> None:
+    """Mask the gradients of pruned (zero) conv/linear weights so fine-tuning keeps them at zero.
+
+    With plain SGD (weight decay and momentum included) a weight whose gradient is
+    always zero stays exactly zero, so an unstructured pruning survives fine-tuning.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            mask = (module.weight.detach() != 0).to(module.weight.dtype)
+            module.weight.register_hook(lambda grad, mask=mask: grad * mask)
+
+
+def _base_arch(arch: str) -> str:
+    """Return the registered architecture a (possibly derived) model was built from."""
+    derived = parse_derived(arch)
+    return derived.base if derived else arch
+
+
+def _finetune_config(config: Mapping[str, Any], epochs: int, lr: float, host: PluginHost) -> dict[str, Any]:
+    """Return the engine config that fine-tunes a pruned model with CE at a constant LR."""
+    recipe = dict(config.get("recipe") or {})
+    recipe = {**student_recipe(Recipe(), config["student"]), **recipe, "epochs": epochs, "lr": lr}
+    recipe["lr_milestones"] = []
+    vanilla = host.distillers.get("vanilla").defaults
+    return {**config, "distiller": "vanilla", "params": dict(vanilla), "recipe": recipe}
+
+
 def _is_done(run: PlannedRun, done: set[str], options: RunnerOptions) -> bool:
     if run.run_id not in done:
         return False
+    if run.kind == "prune":
+        return (options.work_root / run.run_id / PRUNED_NAME).is_file()
     # A teacher's result is only usable with its weights next to it.
     return run.kind != "teacher" or (options.work_root / run.run_id / FINAL_NAME).is_file()

@@ -237,6 +237,9 @@ class SuiteSpec:
     teachers: Mapping[str, str] = field(default_factory=dict)
     """Teacher architecture → registered teacher name or checkpoint path."""
     distiller_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prune_after: tuple[Mapping[str, Any], ...] = ()
+    """Distill-then-prune stages: each prunes every finished student run of ``methods`` and fine-tunes it
+    (keys: pruner, ratio or macs, finetune_epochs, finetune_lr, methods, round_to, global, params)."""
     method_recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per-method recipe fields (e.g. ``{"mlkd": {"lr": 0.025}}``); a pair's ``recipes`` win over these."""
     epoch_rule: Literal["best", "last"] = "best"
@@ -252,6 +255,7 @@ class SuiteSpec:
         object.__setattr__(
             self, "method_recipes", _frozen({k: _frozen(v) for k, v in dict(self.method_recipes).items()})
         )
+        object.__setattr__(self, "prune_after", tuple(_frozen(stage) for stage in self.prune_after))
 
     def recipe_for(self, pair: PairSpec, method: str) -> Recipe:
         """Return the recipe of ``method`` on ``pair``: the suite's, updated by the method's own fields.

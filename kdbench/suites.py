@@ -31,6 +31,7 @@ _TOP_LEVEL = {
     "teachers": dict,
     "distiller_params": dict,
     "method_recipes": dict,
+    "prune_after": list,
     "epoch_rule": str,
     "reference": str,
 }
@@ -80,6 +81,7 @@ def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
         teachers={str(k): _string(v, where, f"teachers.{k}") for k, v in data.get("teachers", {}).items()},
         distiller_params=_tables(data.get("distiller_params", {}), where, "distiller_params"),
         method_recipes=_recipe_tables(data.get("method_recipes", {}), recipe, where, "method_recipes"),
+        prune_after=tuple(_prune_stage(stage, where, i) for i, stage in enumerate(data.get("prune_after", []))),
         epoch_rule=data.get("epoch_rule", "best"),
         reference=data.get("reference", ""),
         source=source,
@@ -119,6 +121,28 @@ def _pair(entry: Any, where: str, index: int) -> PairSpec:
         skip=tuple(_strings(entry.get("skip", []), where, f"pairs[{index}].skip")),
         recipes=_recipe_tables(entry.get("recipes", {}), Recipe(), where, f"pairs[{index}].recipes"),
     )
+
+
+_PRUNE_KEYS = {"pruner", "ratio", "macs", "finetune_epochs", "finetune_lr", "methods", "round_to", "global", "params"}
+
+
+def _prune_stage(stage: Any, where: str, index: int) -> dict[str, Any]:
+    """Return a distill-then-prune stage with its defaults (5 fine-tune epochs at LR 0.01, every method)."""
+    key = f"prune_after[{index}]"
+    if not isinstance(stage, dict) or "pruner" not in stage:
+        raise SuiteError(f"{where}: {key} needs `pruner`")
+    unknown = sorted(set(stage) - _PRUNE_KEYS)
+    if unknown:
+        raise SuiteError(
+            f"{where}: {key} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_PRUNE_KEYS))}"
+        )
+    if ("ratio" in stage) == ("macs" in stage):
+        raise SuiteError(f"{where}: {key} needs exactly one of `ratio` or `macs`")
+    stage = {"finetune_epochs": 5, "finetune_lr": 0.01, "methods": ["*"], "params": {}, **stage}
+    if not isinstance(stage["finetune_epochs"], int) or stage["finetune_epochs"] < 0:
+        raise SuiteError(f"{where}: {key}.finetune_epochs must be a non-negative integer")
+    _strings(stage["methods"], where, f"{key}.methods")
+    return stage
 
 
 def _recipe_tables(value: Any, base: Recipe, where: str, key: str) -> dict[str, dict[str, Any]]:

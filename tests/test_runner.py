@@ -32,7 +32,7 @@ def test_smoke_plan_shares_teacher_and_vanilla_runs(host: kdbench.PluginHost) ->
     vanilla = [run for run in students if run.config["distiller"] == "vanilla"]
     assert len(vanilla) == 6 and all(run.config["teacher"] is None for run in vanilla)
     kd = [run for run in students if run.config["distiller"] == "kd"]
-    assert {run.teacher_run for run in kd} == {plan[0].run_id}
+    assert {run.requires for run in kd} == {(plan[0].run_id,)}
     assert all(run.config["params"] == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9} for run in kd)
     assert len({run.run_id for run in plan}) == len(plan)
 

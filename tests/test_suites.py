@@ -62,11 +62,21 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 
 def test_shipped_suites_are_registered_and_reference_registered_names(host: kdbench.PluginHost) -> None:
     assert {"smoke", "cifar100-similar", "cifar100-different", "cifar10"} <= set(host.suites.names())
+    from kdbench.derived import parse_derived
+
+    assert {"smoke-prune", "cifar100-prune", "cifar10-distill-prune"} <= set(host.suites.names())
     for suite in host.suites:
         host.datasets.get(suite.dataset)
         for pair in suite.pairs:
             host.models.get(pair.teacher)
-            host.models.get(pair.student)
+            derived = parse_derived(pair.student)
+            if derived is None:
+                host.models.get(pair.student)
+            else:
+                assert derived.base == pair.teacher
+                host.pruners.get(derived.pruner)
+        for stage in suite.prune_after:
+            host.pruners.get(stage["pruner"])
 
 
 def test_cifar_suites_have_the_seed_tables_pairs(host: kdbench.PluginHost) -> None:
