@@ -303,13 +303,13 @@ def _pruning_table(table: _Table) -> str | None:
             groups[key].append(record)
     if not groups:
         return None
-    headers = ["model (trained with)", "pruner", "top-1 before", "after pruning", "after fine-tune (epochs)"]
+    headers = ["model (trained with)", "pruner", "top-1 before", "after pruning", "after fine-tune (epochs)", "Δ top-1"]
     headers += ["params", "compression", "MACs (M)", "speed-up", "sparsity", "n"]
     rows = []
     for key in sorted(groups):
         records = groups[key]
         if not records:
-            rows.append([*key, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, PENDING, "0"])
+            rows.append([*key, *([PENDING] * 9), "0"])
             continue
         pruning = [r["profile"]["pruning"] for r in records]
         before = [p["top1_before"] for p in pruning]
@@ -323,6 +323,7 @@ def _pruning_table(table: _Table) -> str | None:
                 _plain(before),
                 _plain(after),
                 f"{_plain(tuned)} ({labels[key]})" if tuned else "n/a (0)",
+                f"{cell_stats(tuned or after)[0] - cell_stats(before)[0]:+.2f}",
                 f"{int(old['params']):,} → {int(first['params']):,}",
                 f"{int(old['params']) / max(int(first['params']), 1):.2f}×",
                 f"{int(old['macs']) / 1e6:.1f} → {int(first['macs']) / 1e6:.1f}",
@@ -396,8 +397,8 @@ def render_leaderboard(
             "## Pruning",
             "",
             "Each trained model pruned (structured: whole channels through torch-pruning's dependency graph; "
-            "unstructured: weights zeroed), then fine-tuned; compression = params before / after, "
-            "speed-up = MACs before / after (fvcore).",
+            "unstructured: weights zeroed), then fine-tuned; Δ top-1 = final − before pruning; "
+            "compression = params before / after, speed-up = MACs before / after (fvcore).",
             "",
             pruning,
             "",
