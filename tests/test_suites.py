@@ -146,3 +146,14 @@ def test_cifar_plans_follow_the_per_pair_settings(host: kdbench.PluginHost) -> N
     assert {c["recipe"]["epochs"] for c in shuffle if c["distiller"] == "mlkd"} == {480}
     assert {c["recipe"]["lr"] for c in shuffle if c["distiller"] == "kd"} == {0.01}
     assert not [c for c in shuffle if c["distiller"] in ("sdd_kd", "sdd_dkd", "fsp", "kdsvd")]
+
+
+def test_prune_after_defaults_are_seed_001s() -> None:
+    suite = parse_suite({**MINIMAL, "prune_after": [{}, {"pruner": "l1_unstructured", "macs": 2.0}]})
+    first, second = suite.prune_after
+    assert (first["pruner"], first["ratio"], first["finetune_epochs"], first["finetune_lr"]) == ("l1", 0.3, 5, 0.01)
+    assert "ratio" not in second and second["macs"] == 2.0
+    with pytest.raises(SuiteError, match=r"prune_after\[0\] takes one of `ratio` or `macs`"):
+        parse_suite({**MINIMAL, "prune_after": [{"ratio": 0.3, "macs": 2.0}]})
+    with pytest.raises(SuiteError, match=r"prune_after\[0\] has unknown key\(s\) ratioo"):
+        parse_suite({**MINIMAL, "prune_after": [{"ratioo": 0.3}]})
