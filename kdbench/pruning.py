@@ -211,11 +211,66 @@ def _is_grouped_conv(module: nn.Module) -> bool:
     )
 
 
+_SHUFFLE = "a channel transpose/permute (channel shuffle), which torch-pruning maps as the identity"
+_SLICE = "a constant slice or split of channels"
+_UNEVEN = "uneven pruning of a grouped convolution"
+
+
+def _node_hazard(node: Any) -> str:
+    """Return why channels cannot be pruned correctly through graph node ``node``, or an empty string."""
+    from torch_pruning.ops import OPTYPE
+
+    if node.type in (OPTYPE.SLICE, OPTYPE.SPLIT):
+        return _SLICE
+    if node.type == OPTYPE.ELEMENTWISE and node.grad_fn is not None:
+        op = node.grad_fn.name().lower()
+        if "transpose" in op or "permute" in op:
+            return _SHUFFLE
+    return ""
+
+
+def _hazardous_producers(graph: Any) -> dict[nn.Module, str]:
+    """Return conv/linear layers (depthwise too) whose output channels reach a hazard (shuffle, slice), with why.
+
+    Channel spaces are joined along every edge of torch-pruning's traced graph; a
+    conv/linear layer (not depthwise) separates its input space from its output
+    space. torch-pruning must not even build the groups of these layers: through a
+    ShuffleNet's shuffles and concatenations they span the network and take minutes.
+    """
+    from torch_pruning.ops import OPTYPE
+
+    parent: dict[tuple[int, str], tuple[int, str]] = {}
+
+    def find(key: tuple[int, str]) -> tuple[int, str]:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    def port(node: Any, side: str) -> tuple[int, str]:
+        return (id(node), side if node.type in (OPTYPE.CONV, OPTYPE.LINEAR) else "out")
+
+    nodes = list(graph.module2node.values())
+    for node in nodes:
+        for successor in node.outputs:
+            parent[find(port(node, "out"))] = find(port(successor, "in"))
+    hazards = {find(port(node, "out")): _node_hazard(node) for node in nodes if _node_hazard(node)}
+    return {
+        node.module: hazards[find(port(node, "out"))]
+        for node in nodes
+        if isinstance(node.module, (nn.modules.conv._ConvNd, nn.Linear)) and find(port(node, "out")) in hazards
+    }
+
+
 class _SafeGroups:
     """Wrap an importance: refuse (score ``None``) groups torch-pruning 1.6 cannot prune correctly.
 
-    torch-pruning's ``BasePruner`` skips a group whose importance is ``None``; the
-    reasons of refused groups are kept in :attr:`refused` (frozen layers apart).
+    torch-pruning's ``BasePruner`` skips a group whose importance is ``None``. Refused:
+    groups touching a frozen (user-ignored) module, and groups that would remove
+    channels unevenly from a grouped convolution (torch-pruning removes the same
+    offsets in every conv group, which is right only when the group spans the conv's
+    whole channel dimension). Reasons are kept in :attr:`refused` by root layer name.
     """
 
     def __init__(self, importance: Callable[[Any], Any], model: nn.Module, frozen: set[nn.Module]) -> None:
@@ -225,39 +280,34 @@ class _SafeGroups:
         self.graph: Any = None
         self.refused: dict[str, str] = {}
 
+    def refuse(self, module: nn.Module, reason: str) -> None:
+        """Record that the group rooted at ``module`` is left unpruned for ``reason``."""
+        self.refused[self.names.get(module, type(module).__name__)] = reason
+
     def __call__(self, group: Any) -> torch.Tensor | None:
         if any(dep.target.module in self.frozen for dep, _ in group):
             return None
-        reason = self._unsafe(group)
+        reason = self._hazard(group)
         if reason:
-            root = group[0].dep.target.module
-            self.refused[self.names.get(root, type(root).__name__)] = reason
+            self.refuse(group[0].dep.target.module, reason)
             return None
         return self.importance(group)
 
-    def _unsafe(self, group: Any) -> str:
+    def _hazard(self, group: Any) -> str:
         """Return why ``group`` cannot be pruned correctly, or an empty string."""
-        from torch_pruning.ops import OPTYPE
-
         grouped: list[tuple[nn.Module, int, list[int]]] = []
         for dep, idxs in group:
-            node = dep.target
-            if node.type in (OPTYPE.SLICE, OPTYPE.SPLIT):
-                return "a constant slice/split of channels"
-            if node.type == OPTYPE.ELEMENTWISE and node.grad_fn is not None:
-                op = node.grad_fn.name().lower()
-                if "transpose" in op or "permute" in op:
-                    return "a channel shuffle (transpose), mapped as the identity by torch-pruning"
-            if _is_grouped_conv(node.module):
-                out = self.graph.is_out_channel_pruning_fn(dep.handler)
-                size = node.module.out_channels if out else node.module.in_channels
-                grouped.append((node.module, size, list(idxs)))
-        if not grouped:
-            return ""
-        period = max(module.groups for module, _, _ in grouped)
+            reason = _node_hazard(dep.target)
+            if reason:
+                return reason
+            module = dep.target.module
+            if _is_grouped_conv(module):
+                size = module.out_channels if self.graph.is_out_channel_pruning_fn(dep.handler) else module.in_channels
+                grouped.append((module, size, list(idxs)))
+        period = max((module.groups for module, _, _ in grouped), default=1)
         for module, size, idxs in grouped:
             if sorted(idxs) != list(range(size)) or period % module.groups:
-                return "uneven pruning of a grouped convolution"
+                return _UNEVEN
         return ""
 
 
@@ -265,7 +315,10 @@ def _require_gradients(model: nn.Module) -> None:
     """Raise KdbenchError unless calibration left a gradient on every conv/linear weight."""
     for name, module in model.named_modules():
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and module.weight.grad is None:
-            raise KdbenchError(f"calibration left no gradient on {name}.weight; it must call loss.backward()")
+            raise KdbenchError(
+                f"calibration left no gradient on {name}.weight: it must call loss.backward(), "
+                "and the weights must require grad"
+            )
 
 
 def _parameter_count(model: nn.Module) -> int:
@@ -278,10 +331,13 @@ def _build_pruner(
     """Return torch-pruning's BasePruner over ``model`` and the guard wrapping ``importance``."""
     import torch_pruning as tp
 
-    ignored = [classifier_of(model), *modules_named(model, settings.ignored)]
-    frozen = {sub for module in ignored[1:] for sub in module.modules()}
+    named = modules_named(model, settings.ignored)
+    frozen = {sub for module in named for sub in module.modules()}
     guard = _SafeGroups(importance, model, frozen)
     with torch.enable_grad():  # graph tracing needs autograd
+        hazardous = _hazardous_producers(tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs))
+        for module, reason in hazardous.items():
+            guard.refuse(module, reason)
         pruner = tp.pruner.BasePruner(
             model,
             example_inputs,
@@ -289,7 +345,7 @@ def _build_pruner(
             global_pruning=settings.global_pruning,
             pruning_ratio=settings.ratio if settings.ratio is not None else 1.0,
             iterative_steps=settings.steps,
-            ignored_layers=ignored,
+            ignored_layers=[classifier_of(model), *named, *hazardous],
             round_to=settings.round_to,
         )
     guard.graph = pruner.DG
@@ -311,9 +367,10 @@ def prune_structured(
     Builds torch-pruning's ``BasePruner`` over the dependency graph traced with
     ``example_inputs`` (a batch on the model's device), ignoring the classifier's
     outputs and the modules named in ``settings.ignored``. With ``needs_gradients``,
-    ``calibration(model)`` runs before every step (model in its original modes, grads
-    zeroed first and cleared at the end). With ``settings.ratio`` all steps run; with
-    ``settings.target_macs_reduction`` steps run until the MACs reduction reaches it.
+    ``calibration(model)`` runs before every step (model in its original modes, so a
+    model in train mode updates its BN statistics; grads zeroed first, cleared at the
+    end). With ``settings.ratio`` all steps run; with ``settings.target_macs_reduction``
+    steps run until the MACs reduction reaches it.
     ``on_step(step, macs_reduction)`` is called after every step (MACs measured only
     when a target is set or ``on_step`` is given).
     """
@@ -351,20 +408,36 @@ def prune_structured(
     return model
 
 
+def _refusals(guard: _SafeGroups) -> str:
+    """Return a short account of the groups left unpruned: each reason with a few root layers."""
+    by_reason: dict[str, list[str]] = {}
+    for root, reason in sorted(guard.refused.items()):
+        by_reason.setdefault(reason, []).append(root)
+    parts = []
+    for reason, roots in by_reason.items():
+        more = f" and {len(roots) - 3} more" if len(roots) > 3 else ""
+        parts.append(f"{reason}: {', '.join(roots[:3])}{more}")
+    return "; ".join(parts)
+
+
 def _check_outcome(
     model: nn.Module, guard: _SafeGroups, params_before: int, settings: PruneSettings, reduction: float
 ) -> None:
-    """Raise KdbenchError when nothing or too little could be pruned; warn about refused groups."""
+    """Raise KdbenchError when no channel or too few were removed; warn about groups left unpruned."""
     name = type(model).__name__
-    refused = "; ".join(f"{root}: {why}" for root, why in sorted(guard.refused.items()))
-    if guard.refused and _parameter_count(model) == params_before:
-        raise KdbenchError(f"{name}: no channel group can be pruned correctly by torch-pruning ({refused})")
+    if _parameter_count(model) == params_before:
+        if guard.refused:
+            raise KdbenchError(f"{name}: no channel group is correctly prunable by torch-pruning ({_refusals(guard)})")
+        raise KdbenchError(
+            f"{name}: pruning removed no channel (every group ignored, a ratio below one round_to={settings.round_to} "
+            "step, or importance scores all tied under global pruning)"
+        )
     target = settings.target_macs_reduction
     if target is not None and reduction < target:
-        detail = f"; groups left unpruned: {refused}" if refused else ""
+        detail = f"; groups left unpruned: {_refusals(guard)}" if guard.refused else ""
         raise KdbenchError(f"{name}: MACs reduction {reduction:.2f}× is the most reachable, short of {target}×{detail}")
     if guard.refused:
-        warnings.warn(f"{name}: {len(guard.refused)} channel groups left unpruned ({refused})", stacklevel=3)
+        warnings.warn(f"{name}: {len(guard.refused)} channel groups left unpruned ({_refusals(guard)})", stacklevel=3)
 
 
 def calibration_from_batches(
@@ -444,7 +517,12 @@ def _describe_module(module: nn.Module) -> dict[str, Any] | None:
 
 
 def describe_architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Return module name → ``{"type", "kwargs"}`` for every shape-carrying module (JSON-able)."""
+    """Return module name → ``{"type", "kwargs"}`` for every shape-carrying module (JSON-able).
+
+    Described: convolutions (transposed too), BatchNorm, Linear, GroupNorm, LayerNorm
+    and PReLU of exactly those torch classes; subclasses are not, so a model built
+    from them cannot be rebuilt (its strict load then fails with CheckpointError).
+    """
     described = {}
     for name, module in model.named_modules():
         entry = _describe_module(module)

@@ -73,7 +73,7 @@ class SSAImportance:
 
     def __init__(
         self, theta: float = 0.5, p: float = 2.0, normalizer: str | None = "l2", group_reduction: str = "mean"
-    ):
+    ) -> None:
         self.theta = theta
         self.p = p
         self.normalizer = normalizer
@@ -116,7 +116,7 @@ class SSAPruner(Pruner):
 
     def __init__(
         self, theta: float = 0.5, p: float = 2.0, normalizer: str | None = "l2", group_reduction: str = "mean"
-    ):
+    ) -> None:
         if not 0.0 <= theta <= 1.0:
             raise KdbenchError(f"SSA theta must lie in [0, 1], got {theta}")
         if p <= 0:
@@ -137,7 +137,7 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
         PrunerSpec(
             name="ssa",
             builder=SSAPruner,
-            description="SSA-KD: θ·Taylor + (1−θ)·‖w‖ per filter, each L2-normalised per layer (needs calibration)",
+            description="SSA-KD: θ·Σ|w·g| + (1−θ)·‖w‖₂⁴ per filter, each L2-normalised per layer (needs calibration)",
             citation="Lu, Zhang, Guan, Zhao, Yang & Xu, SSA-KD (2024), seed 000",
             defaults={"theta": 0.5, "p": 2.0, "normalizer": "l2", "group_reduction": "mean"},
         )

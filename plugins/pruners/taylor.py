@@ -24,7 +24,9 @@ class TaylorPruner(Pruner):
 
     needs_gradients = True
 
-    def __init__(self, multivariable: bool = True, group_reduction: str = "mean", normalizer: str | None = "mean"):
+    def __init__(
+        self, multivariable: bool = True, group_reduction: str = "mean", normalizer: str | None = "mean"
+    ) -> None:
         self.multivariable = bool(multivariable)
         self.group_reduction = check_choice("group_reduction", group_reduction, GROUP_REDUCTIONS)
         self.normalizer = check_choice("normalizer", normalizer, NORMALIZERS)
