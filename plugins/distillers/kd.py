@@ -50,8 +50,12 @@ class KD(Distiller):
         assert teacher is not None
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
-            "kd": self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature),
+            "kd": self.kd_weight * self.soft_loss(student.logits, teacher.logits),
         }
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Return the unweighted soft-target term (variants of KD override this alone)."""
+        return kd_loss(student_logits, teacher_logits, self.temperature)
 
 
 @hookimpl

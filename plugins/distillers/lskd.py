@@ -17,17 +17,16 @@ set it per pair.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from kdbench_plugins.distillers.kd import kd_loss
+from kdbench_plugins.distillers.kd import KD, kd_loss
 
-from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench import DistillContext, DistillerSpec, at_least_float32, hookimpl
 
 __all__ = ["LSKD", "lskd_loss", "standardize_logits"]
 
 
 def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Return ``(z − mean(z)) / (ε + std(z))`` per row, with the unbiased (n − 1) standard deviation."""
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = at_least_float32(logits)
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True)
     return (logits - mean) / (eps + std)
@@ -38,8 +37,8 @@ def lskd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return kd_loss(standardize_logits(student_logits), standardize_logits(teacher_logits), temperature)
 
 
-class LSKD(Distiller):
-    """KD on z-scored logits."""
+class LSKD(KD):
+    """KD on z-scored logits: KD's terms with the soft-target loss replaced."""
 
     def __init__(
         self,
@@ -50,20 +49,11 @@ class LSKD(Distiller):
         ce_weight: float = 1.0,
         kd_weight: float = 9.0,
     ):
-        super().__init__()
-        self.temperature = temperature
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
+        super().__init__(student, teacher, context, temperature, ce_weight, kd_weight)
 
-    def loss_terms(
-        self, student: Signals, teacher: Signals | None, batch: Batch, progress: Progress
-    ) -> dict[str, torch.Tensor]:
-        """Return the weighted CE and standardised-KD terms."""
-        assert teacher is not None
-        return {
-            "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
-            "kd": self.kd_weight * lskd_loss(student.logits, teacher.logits, self.temperature),
-        }
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Return the standardised-logit KD term."""
+        return lskd_loss(student_logits, teacher_logits, self.temperature)
 
 
 @hookimpl
