@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdbench-installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test check-leaderboards bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+check-leaderboards: $(STAMP)
+	$(BIN)/kdbench leaderboard --check --out leaderboards
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,mean,stddev,rounds

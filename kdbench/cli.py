@@ -16,8 +16,28 @@ from tabulate import tabulate
 from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.engine import EngineOptions
 from kdbench.errors import KdbenchError
-from kdbench.leaderboard import load_reported, render_leaderboard
+from kdbench.leaderboard import (
+    leaderboard_plots,
+    load_reported,
+    render_index,
+    render_leaderboard,
+    summarize_leaderboard,
+)
+from kdbench.plots import AccuracyPlot, stale_plot_files, write_plots
 from kdbench.profile import MACS_CONVENTION, profile_model
+from kdbench.reports import (
+    FAIL_ON,
+    METRICS,
+    compare_records,
+    find_run,
+    jsonl_text,
+    load_records,
+    render_comparison,
+    render_run,
+    select_records,
+    should_fail,
+    write_csv,
+)
 from kdbench.results import ResultsStore, read_jsonl, write_jsonl
 from kdbench.runner import PlannedRun, RunnerOptions, plan_suite, run_suite, select_runs
 from kdbench.specs import SuiteSpec
@@ -90,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("--suite", action="append", default=[], help="suite(s) to render (default: every suite)")
     board.add_argument("--out", type=Path, default=Path("leaderboards"), help="directory of the markdown files")
-    board.add_argument("--check", action="store_true", help="fail with a diff if a committed leaderboard is stale")
+    board.add_argument(
+        "--check", action="store_true", help="fail, naming what is stale, if committed leaderboards need re-rendering"
+    )
+    board.add_argument(
+        "--from-jsonl", action="store_true", help="re-render from the *.jsonl records in --out, not the database"
+    )
 
     sub.add_parser("plugins", parents=[plugins], help="list plugins and what they register")
 
@@ -103,7 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--num-classes", type=int)
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--batch-sizes", default="1,256", help="comma-separated latency batch sizes")
+
+    new = sub.add_parser("new-plugin", help="write a ready-to-install plugin package (one distiller, one test)")
+    new.add_argument("name", help="plugin name, lower case (e.g. my_method): entry point, distiller, kdbench_NAME")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create kdbench-NAME/ (default: here)")
+    new.add_argument("--force", action="store_true", help="overwrite the skeleton's files in an existing directory")
+    _add_report_parsers(sub, store)
     return parser
+
+
+def _add_report_parsers(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
+    results = sub.add_parser("results", help="export stored results")
+    export = results.add_subparsers(dest="results_command", metavar="export", required=True).add_parser(
+        "export", parents=[store], help="write stored runs as CSV or JSON lines"
+    )
+    export.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    export.add_argument("--suite", help="only runs of this suite")
+    export.add_argument("--status", choices=("finished", "failed", "diverged"), help="only runs with this status")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+
+    compare = sub.add_parser("compare", help="per-cell deltas between two result sets (stores, .jsonl, REV:PATH)")
+    compare.add_argument("a", metavar="A", help="results database, .jsonl file or git REV:PATH")
+    compare.add_argument("b", metavar="B", help="results database, .jsonl file or git REV:PATH")
+    compare.add_argument("--metric", choices=METRICS, default="best_top1")
+    compare.add_argument("--tolerance", type=float, default=0.5, help="flag |delta| above this (top-1 points)")
+    compare.add_argument("--fail-on", choices=FAIL_ON, help="exit 1 on drift, on cells missing from one side, or any")
+    compare.add_argument("--suite", help="only cells of this suite")
+
+    show = sub.add_parser("show", parents=[store], help="config, result, profile and curve of one run")
+    show.add_argument("run_id", metavar="RUN_ID", help="run id or a unique prefix of at least 4 characters")
 
 
 def _host(args: argparse.Namespace) -> PluginHost:
@@ -229,9 +282,11 @@ def _families(host: PluginHost) -> dict[str, str]:
     return {spec.name: spec.family for spec in host.distillers}
 
 
-def _render(suite: SuiteSpec, host: PluginHost, records: list[dict], overrides: dict[str, str]) -> str:
-    plan = plan_suite(suite, host, overrides)
-    return render_leaderboard(suite, plan, records, _families(host), load_reported())
+def _render(suite: SuiteSpec, host: PluginHost, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
+    """Return the markdown and the plots of ``suite``'s leaderboard, rendered from ``records`` only."""
+    plan = plan_suite(suite, host, _overrides_in(records))
+    markdown = render_leaderboard(suite, plan, records, _families(host), load_reported())
+    return markdown, leaderboard_plots(suite, plan, records)
 
 
 def _overrides_in(records: list[dict]) -> dict[str, str]:
@@ -243,55 +298,131 @@ def _overrides_in(records: list[dict]) -> dict[str, str]:
     }
 
 
+def _board_names(out: Path) -> list[str]:
+    return sorted(p.stem for p in out.glob("*.jsonl"))
+
+
+def _board_records(out: Path, suite: SuiteSpec) -> list[dict]:
+    jsonl = out / f"{suite.name}.jsonl"
+    if not jsonl.exists():
+        raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
+    return read_jsonl(jsonl)
+
+
+def _board_suite(name: str, host: PluginHost, known: dict[str, SuiteSpec], out: Path) -> SuiteSpec:
+    if name in known:
+        return known[name]
+    if name not in host.suites:
+        raise KdbenchError(
+            f"{out / (name + '.jsonl')}: no registered suite {name!r} renders it; pass --suite PATH.toml"
+        )
+    return host.suites.get(name)
+
+
+def _render_index(out: Path, host: PluginHost, known: dict[str, SuiteSpec]) -> str | None:
+    """Return the README.md indexing every leaderboard whose records are in ``out`` (None when there is none)."""
+    boards = []
+    for name in _board_names(out):
+        suite = _board_suite(name, host, known, out)
+        records = _board_records(out, suite)
+        boards.append(summarize_leaderboard(suite, plan_suite(suite, host, _overrides_in(records)), records))
+    return render_index(boards) if boards else None
+
+
+def _write_board(suite: SuiteSpec, host: PluginHost, records: list[dict], out: Path) -> None:
+    markdown, plots = _render(suite, host, records)
+    path = out / f"{suite.name}.md"
+    path.write_text(markdown, encoding="utf-8")
+    touched = write_plots(suite.name, plots, out)
+    summary = summarize_leaderboard(suite, plan_suite(suite, host, _overrides_in(records)), records)
+    print(
+        f"leaderboard {suite.name}: {summary.stored}/{summary.planned} runs stored → {path}; "
+        f"{len(plots)} plot(s), {len(touched)} plot file(s) updated"
+    )
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     host = _host(args)
     if args.check:
         return _check_leaderboards(args, host)
+    known: dict[str, SuiteSpec] = {}
+    if args.from_jsonl:
+        names = args.suite or _board_names(args.out)
+        if not names:
+            raise KdbenchError(f"no leaderboard records (*.jsonl) in {args.out}")
+        for name in names:
+            suite = _suite(name, host)
+            known[suite.name] = suite
+            _write_board(suite, host, _board_records(args.out, suite), args.out)
+    else:
+        _write_from_store(args, host, known)
+    index = _render_index(args.out, host, known)
+    if index is not None:
+        (args.out / "README.md").write_text(index, encoding="utf-8")
+        print(f"leaderboard index → {args.out / 'README.md'}")
+    return 0
+
+
+def _write_from_store(args: argparse.Namespace, host: PluginHost, known: dict[str, SuiteSpec]) -> None:
     names = args.suite or host.suites.names()
     if not args.results.exists():
         raise KdbenchError(f"no results database at {args.results}; run `kdbench run --suite NAME` first")
     with ResultsStore(args.results) as store:
         for name in names:
             suite = _suite(name, host)
+            known[suite.name] = suite
             overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
             wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
             records = [r for r in (store.get(run_id) for run_id in sorted(wanted)) if r is not None]
             if not records and not args.suite:
                 continue
             args.out.mkdir(parents=True, exist_ok=True)
-            jsonl, markdown = args.out / f"{suite.name}.jsonl", args.out / f"{suite.name}.md"
+            jsonl = args.out / f"{suite.name}.jsonl"
             write_jsonl(records, jsonl)
-            records = read_jsonl(jsonl)
-            markdown.write_text(_render(suite, host, records, _overrides_in(records)), encoding="utf-8")
-            print(f"leaderboard {suite.name}: {len(records)}/{len(wanted)} runs stored → {markdown}")
-    return 0
+            _write_board(suite, host, read_jsonl(jsonl), args.out)
+
+
+def _text_is_fresh(path: Path, expected: str, source: str) -> bool:
+    """Return whether ``path`` holds ``expected``; print a unified diff when it does not."""
+    actual = path.read_text(encoding="utf-8") if path.exists() else ""
+    if actual == expected:
+        return True
+    diff = difflib.unified_diff(
+        actual.splitlines(keepends=True),
+        expected.splitlines(keepends=True),
+        fromfile=f"{path} (committed)",
+        tofile=f"{path} (rendered from {source})",
+    )
+    sys.stdout.writelines(diff)
+    return False
 
 
 def _check_leaderboards(args: argparse.Namespace, host: PluginHost) -> int:
-    names = args.suite or sorted(p.stem for p in args.out.glob("*.jsonl"))
+    names = args.suite or _board_names(args.out)
     if not names:
         raise KdbenchError(f"no committed leaderboards (*.jsonl) in {args.out}")
     stale = 0
+    known: dict[str, SuiteSpec] = {}
     for name in names:
         suite = _suite(name, host)
-        jsonl, markdown = args.out / f"{suite.name}.jsonl", args.out / f"{suite.name}.md"
-        if not jsonl.exists():
-            raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
-        records = read_jsonl(jsonl)
-        expected = _render(suite, host, records, _overrides_in(records))
-        actual = markdown.read_text(encoding="utf-8") if markdown.exists() else ""
-        if expected != actual:
-            stale += 1
-            diff = difflib.unified_diff(
-                actual.splitlines(keepends=True),
-                expected.splitlines(keepends=True),
-                fromfile=f"{markdown} (committed)",
-                tofile=f"{markdown} (rendered from {jsonl.name})",
-            )
-            sys.stdout.writelines(diff)
-            print(f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --suite {suite.name}`")
-        else:
+        known[suite.name] = suite
+        records = _board_records(args.out, suite)
+        markdown, plots = _render(suite, host, records)
+        fresh = _text_is_fresh(args.out / f"{suite.name}.md", markdown, f"{suite.name}.jsonl")
+        for path, why in stale_plot_files(suite.name, plots, args.out):
+            print(f"plot {path}: STALE ({why})")
+            fresh = False
+        if fresh:
             print(f"leaderboard {suite.name}: up to date")
+        else:
+            stale += 1
+            print(f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --from-jsonl --suite {suite.name}`")
+    index = _render_index(args.out, host, known) or ""
+    if _text_is_fresh(args.out / "README.md", index, "every *.jsonl"):
+        print(f"leaderboard index {args.out / 'README.md'}: up to date")
+    else:
+        stale += 1
+        print(f"leaderboard index {args.out / 'README.md'}: STALE — run `kdbench leaderboard --from-jsonl`")
     return 1 if stale else 0
 
 
@@ -359,12 +490,56 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    records = select_records(load_records(args.results), args.suite, args.status)
+    if args.output is None:
+        if args.format == "csv":
+            write_csv(records, sys.stdout)
+        else:
+            sys.stdout.write(jsonl_text(records))
+        return 0
+    if args.format == "csv":
+        with args.output.open("w", encoding="utf-8", newline="") as out:
+            write_csv(records, out)
+    else:
+        write_jsonl(records, args.output)
+    print(f"{len(records)} runs → {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    a = select_records(load_records(args.a), args.suite)
+    b = select_records(load_records(args.b), args.suite)
+    deltas = compare_records(a, b, args.metric, args.tolerance)
+    print(render_comparison(deltas, args.metric, args.tolerance), end="")
+    return 1 if should_fail(deltas, args.fail_on) else 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    record = find_run(load_records(args.results), args.run_id, str(args.results))
+    print(render_run(record), end="")
+    return 0
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from kdbench.scaffold import write_plugin
+
+    root = write_plugin(args.name, args.dir, force=args.force)
+    print(f"wrote plugin {args.name!r} to {root}")
+    print(f"next: cd {root} && pip install -e '.[test]' && pytest   (see README.md there)")
+    return 0
+
+
 COMMANDS = {
+    "new-plugin": _cmd_new_plugin,
     "run": _cmd_run,
     "leaderboard": _cmd_leaderboard,
     "plugins": _cmd_plugins,
     "list": _cmd_list,
     "profile": _cmd_profile,
+    "results": _cmd_results,
+    "compare": _cmd_compare,
+    "show": _cmd_show,
 }
 
 

@@ -4,31 +4,45 @@ Layout of the KD papers' tables: one column per teacher→student pair; a teache
 row and a student (vanilla) row on top; one row per method, grouped logit-based
 then feature-based; the best mean per column in bold; every cell is
 ``mean ± std`` over seeds with ``n``, and — where a paper published one — the
-claimed number beside it. An efficiency table follows.
+claimed number beside it with our delta. Runs of the plan without a result are
+listed, never dropped. An efficiency table and accuracy-vs-cost plots follow;
+``render_index`` writes the ``README.md`` that indexes every leaderboard.
 """
 
 from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from tabulate import tabulate
 
+from kdbench.plots import PLOT_KINDS, AccuracyPlot, PlotPoint, plot_stem
 from kdbench.profile import MACS_CONVENTION
 from kdbench.runner import PlannedRun, student_recipe
 from kdbench.specs import SuiteSpec
 
-__all__ = ["Reported", "cell_stats", "load_reported", "render_leaderboard"]
+__all__ = [
+    "BoardSummary",
+    "Reported",
+    "cell_stats",
+    "leaderboard_plots",
+    "load_reported",
+    "render_index",
+    "render_leaderboard",
+    "summarize_leaderboard",
+]
 
 PENDING = "—"
 FAMILY_TITLES = {"baseline": "Baseline", "logit": "Logit-based", "feature": "Feature-based"}
 FAMILY_ORDER = ("logit", "feature")
 #: Which published source wins where several report the same cell (the method's own toolkit first).
 SOURCE_PRIORITY = ("RepDistiller", "MDistiller", "SSKD", "ASKD", "Streamlined")
+THROUGHPUT_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +163,11 @@ def _cell_text(cell: _Cell, bold: bool, claim: Reported | None, markers: dict[st
     if claim is None:
         return ours
     marker = markers.setdefault(claim.source, _superscript(len(markers) + 1))
-    return f"{ours} · paper {claim.top1:.2f}{marker}"
+    text = f"{ours} · paper {claim.top1:.2f}{marker}"
+    if cell.values:
+        shown = float(f"{cell_stats(cell.values)[0]:.2f}")  # the delta of the numbers a reader sees
+        text += f" (Δ {round(shown - claim.top1, 2) + 0.0:+.2f})"  # + 0.0: no "-0.00"
+    return text
 
 
 def _superscript(number: int) -> str:
@@ -226,44 +244,141 @@ def _best_mean(cells: Iterable[_Cell]) -> float | None:
     return max(means) if means else None
 
 
-def _efficiency_table(table: _Table) -> str:
+@dataclass(frozen=True, slots=True)
+class _Profiled:
+    """The profile shown for one architecture (the first profiled run of the plan) and its role."""
+
+    profile: Mapping[str, Any]
+    role: str
+    extras: tuple[str, ...]
+
+    def latency_ms(self, batch_size: int) -> float | None:
+        for latency in self.profile.get("latency", []):
+            if int(latency["batch_size"]) == batch_size:
+                return float(latency["median_ms"])
+        return None
+
+
+def _profiles(table: _Table) -> dict[str, _Profiled]:
+    """Return architecture → its profile, role (teacher, student, pruned) and training-only parameters."""
     profiles: dict[str, Mapping[str, Any]] = {}
+    roles: dict[str, str] = {}
     extras: dict[str, set[str]] = {}
     for run in table.plan:
+        arch = run.config["student"]
+        role = {"teacher": "teacher", "prune": "pruned"}.get(run.kind, "student")
+        if roles.get(arch) != "teacher":
+            roles[arch] = role
         record = table.records.get(run.run_id)
         if not record or not record.get("profile"):
             continue
-        arch = run.config["student"]
         profiles.setdefault(arch, record["profile"])
         extra = int(record["profile"].get("extra_params", 0))
         if extra:
             extras.setdefault(arch, set()).add(f"{run.config['distiller']} +{extra:,}")
+    return {
+        arch: _Profiled(profile, roles[arch], tuple(sorted(extras.get(arch, ())))) for arch, profile in profiles.items()
+    }
+
+
+def _throughput(profiled: _Profiled) -> str:
+    milliseconds = profiled.latency_ms(THROUGHPUT_BATCH)
+    if not milliseconds or milliseconds <= 0:
+        return PENDING
+    return f"{THROUGHPUT_BATCH / (milliseconds / 1000):,.0f}"
+
+
+def _efficiency_table(table: _Table) -> str:
+    profiles = _profiles(table)
     if not profiles:
         return f"{PENDING} (no profiled runs stored yet)"
-    batch_sizes = sorted({int(lat["batch_size"]) for p in profiles.values() for lat in p.get("latency", [])})
+    timed = {int(lat["batch_size"]) for p in profiles.values() for lat in p.profile.get("latency", [])}
+    others = sorted(timed - {1, THROUGHPUT_BATCH})
     headers = [
         "model",
+        "role",
         "params",
         "MACs (M)",
-        *(f"latency b={b} (ms)" for b in batch_sizes),
+        "latency b=1 (ms)",
+        *(f"latency b={b} (ms)" for b in others),
+        f"throughput b={THROUGHPUT_BATCH} (img/s)",
         "training-only params",
         "device",
     ]
     rows = []
     for arch in sorted(profiles):
-        profile = profiles[arch]
-        latency = {int(lat["batch_size"]): float(lat["median_ms"]) for lat in profile.get("latency", [])}
+        profiled = profiles[arch]
+        latency = {b: profiled.latency_ms(b) for b in (1, *others)}
         rows.append(
             [
                 arch,
-                f"{int(profile['params']):,}",
-                f"{int(profile['macs']) / 1e6:.1f}",
-                *(f"{latency[b]:.2f}" if b in latency else PENDING for b in batch_sizes),
-                ", ".join(sorted(extras.get(arch, ()))) or "0",
-                profile.get("device_name", "?"),
+                profiled.role,
+                f"{int(profiled.profile['params']):,}",
+                f"{int(profiled.profile['macs']) / 1e6:.1f}",
+                *(PENDING if latency[b] is None else f"{latency[b]:.2f}" for b in (1, *others)),
+                _throughput(profiled),
+                ", ".join(profiled.extras) or "0",
+                profiled.profile.get("device_name", "?"),
             ]
         )
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _pair_of(run: PlannedRun) -> str:
+    return run.pair.label if run.pair is not None else run.config["student"]
+
+
+def _method_of(run: PlannedRun) -> str:
+    if run.kind == "prune":
+        return f"prune ({run.config['prune']['pruner']})"
+    return run.config["distiller"]
+
+
+def _status_of(record: Mapping[str, Any] | None) -> str:
+    if record is None:
+        return "not run yet"
+    first_line = (record.get("error") or "").strip().splitlines()[:1]
+    reason = first_line[0] if first_line else ""
+    if len(reason) > 80:
+        reason = reason[:79] + "…"
+    reason = reason.replace("|", "\\|")
+    return f"{record['status']}: {reason}" if reason else record["status"]
+
+
+def _missing_runs(table: _Table) -> list[str]:
+    """Return the section listing every planned run without a finished result, grouped, in plan order."""
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    for run in table.plan:
+        record = table.records.get(run.run_id)
+        if record is not None and record["status"] == "finished":
+            continue
+        key = (run.kind, _pair_of(run), _method_of(run), _status_of(record))
+        groups.setdefault(key, []).append(str(run.config["seed"]) if "seed" in run.config else PENDING)
+    lines = ["## Runs not stored yet", ""]
+    if not groups:
+        return [*lines, f"All {len(table.plan)} planned runs are stored.", ""]
+    rows = [
+        [kind, pair, method, ", ".join(sorted(seeds, key=_seed_order)), status]
+        for (kind, pair, method, status), seeds in groups.items()
+    ]
+    missing = sum(len(seeds) for seeds in groups.values())
+    lines += [
+        f"{missing} of {len(table.plan)} planned runs have no result: not run yet, failed (retried by the next "
+        "`kdbench run`) or diverged.",
+        "",
+        tabulate(
+            rows,
+            headers=["kind", "pair / model", "method", "seeds", "status"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+    return lines
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if seed.isdigit() else (-1, seed)
 
 
 def _own_recipes(table: _Table) -> list[str]:
@@ -340,8 +455,16 @@ def _plain(values: Sequence[float]) -> str:
     return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
+def _run_counts(table: _Table) -> tuple[int, int, int, int]:
+    """Return (finished, failed, diverged, planned) over the runs of the plan."""
+    statuses = [(table.records.get(run.run_id) or {}).get("status") for run in table.plan]
+    return statuses.count("finished"), statuses.count("failed"), statuses.count("diverged"), len(statuses)
+
+
 def _provenance(table: _Table) -> list[str]:
     records = [r for r in table.records.values()]
+    finished, failed, diverged, planned = _run_counts(table)
+    problems = ", ".join(f"{count} {name}" for count, name in ((failed, "failed"), (diverged, "diverged")) if count)
     devices = sorted({r["device"] for r in records if r.get("device")})
     versions = sorted({r["versions"]["kdbench"] for r in records if r.get("versions")})
     minutes = sum(float(r.get("wall_seconds") or 0) for r in records) / 60
@@ -352,6 +475,9 @@ def _provenance(table: _Table) -> list[str]:
         else "last epoch (RepDistiller convention)"
     )
     return [
+        f"- **{finished}/{planned} runs stored**"
+        + (f" ({problems})" if problems else "")
+        + ("; the others are listed under *Runs not stored yet*." if finished < planned else "."),
         f"- **Top-1 (%)** on the `{table.suite.dataset}` test set, **{rule}**, mean ± sample std over seeds "
         f"{', '.join(map(str, table.suite.seeds))}; `n` = runs stored; {PENDING} = not run yet.",
         f"- Recipe: {recipe.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr} "
@@ -361,6 +487,89 @@ def _provenance(table: _Table) -> list[str]:
         f"- Produced on: {'; '.join(devices) or PENDING}; kdbench {', '.join(versions) or PENDING}; "
         f"{minutes:.1f} min of training in the stored runs.",
     ]
+
+
+def _method_names(plan: Sequence[PlannedRun]) -> list[str]:
+    return sorted({r.config["distiller"] for r in plan if r.pair is not None and r.kind == "student"})
+
+
+def _plot_points(table: _Table, cost: Callable[[_Profiled], float | None]) -> tuple[PlotPoint, ...]:
+    """Return one point per teacher, vanilla student and (pair, method) with a mean top-1 and a known cost."""
+    profiles = _profiles(table)
+    pairs = table.suite.pairs
+    teachers_of = Counter(pair.student for pair in pairs)
+    points = []
+
+    def add(series: str, role: str, arch: str, label: str, cell: _Cell) -> None:
+        x = cost(profiles[arch]) if arch in profiles else None
+        if x is not None and cell.values:
+            mean, _, n = cell_stats(cell.values)
+            points.append(PlotPoint(series, role, label, float(f"{x:.6g}"), round(mean, 4), n))
+
+    for teacher in dict.fromkeys(pair.teacher for pair in pairs):
+        add("teacher", "teacher", teacher, teacher, table.teacher_cell(teacher))
+    for student in dict.fromkeys(pair.student for pair in pairs):
+        add("student (vanilla)", "student", student, student, table.student_cell(student))
+    for pair in pairs:
+        # A student distilled from several teachers: its points say which teacher.
+        label = pair.student if teachers_of[pair.student] == 1 else f"{pair.student}←{pair.teacher}"
+        for method in _method_names(table.plan):
+            add(method, "method", pair.student, label, table.method_cell(method, pair.label))
+    return tuple(points)
+
+
+def _macs(profiled: _Profiled) -> float:
+    return int(profiled.profile["macs"]) / 1e6
+
+
+def _latency_b1(profiled: _Profiled) -> float | None:
+    return profiled.latency_ms(1)
+
+
+def _plots(table: _Table) -> list[AccuracyPlot]:
+    name = table.suite.name
+    rule = "best" if table.suite.epoch_rule == "best" else "last"
+    ylabel = f"top-1 (%), {rule} epoch, mean over seeds"
+    devices = sorted({p.profile.get("device_name", "?") for p in _profiles(table).values() if _latency_b1(p)})
+    where = f"on {devices[0]}" if len(devices) == 1 else "devices differ, see the efficiency table"
+    specs = {
+        "macs": (_macs, f"{name}: top-1 vs MACs", "MACs (millions, batch 1)"),
+        "latency": (_latency_b1, f"{name}: top-1 vs latency at batch 1", f"latency at batch 1 (ms), {where}"),
+    }
+    plots = []
+    for kind in PLOT_KINDS:
+        cost, title, xlabel = specs[kind]
+        points = _plot_points(table, cost)
+        if points:
+            plots.append(AccuracyPlot(kind, plot_stem(name, kind), title, xlabel, ylabel, points))
+    return plots
+
+
+def _plot_section(plots: Sequence[AccuracyPlot]) -> list[str]:
+    lines = ["## Accuracy vs cost", ""]
+    if not plots:
+        return [*lines, f"{PENDING} No plot yet: no run with a stored top-1 has been profiled.", ""]
+    lines += [
+        "One point per student and method: mean top-1 over the stored seeds; ★ teachers, □ vanilla students, "
+        "methods by colour and marker (legend); annotations name the architecture.",
+        "",
+    ]
+    by_kind = {plot.kind: plot for plot in plots}
+    for kind in PLOT_KINDS:
+        plot = by_kind.get(kind)
+        if plot is None:
+            what = "MACs" if kind == "macs" else "a batch-1 latency"
+            lines += [f"{PENDING} No {kind} plot: no run with a stored top-1 has {what} profiled.", ""]
+            continue
+        lines += [f"![{plot.title}]({plot.stem}.svg)", "", f"PNG: [{plot.stem}.png]({plot.stem}.png)", ""]
+    return lines
+
+
+def leaderboard_plots(
+    suite: SuiteSpec, plan: Sequence[PlannedRun], records: Iterable[Mapping[str, Any]]
+) -> list[AccuracyPlot]:
+    """Return the accuracy-vs-cost plots of ``suite`` (MACs, latency), only those with something to draw."""
+    return _plots(_Table(suite, plan, {r["run_id"]: r for r in records}))
 
 
 def render_leaderboard(
@@ -388,9 +597,10 @@ def render_leaderboard(
         "",
     ]
     if markers:
-        lines += ["Published claims (`paper`):", ""]
+        lines += ["Published claims (`paper`; Δ = ours − paper, of the rounded numbers shown):", ""]
         lines += [f"- {marker} {source}" for source, marker in markers.items()]
         lines.append("")
+    lines += _missing_runs(table)
     pruning = _pruning_table(table)
     if pruning is not None:
         lines += [
@@ -406,11 +616,104 @@ def render_leaderboard(
     lines += [
         "## Efficiency",
         "",
-        f"Params at inference; MACs: {MACS_CONVENTION}; latency: median of timed iterations after warm-up.",
+        f"Params at inference; MACs: {MACS_CONVENTION}; latency: median of timed iterations after warm-up; "
+        f"throughput = {THROUGHPUT_BATCH} / latency at batch {THROUGHPUT_BATCH}; training-only params: modules a "
+        "method trains beside the student and drops afterwards.",
         "",
         _efficiency_table(table),
         "",
+        *_plot_section(_plots(table)),
         f"_Rendered by `kdbench leaderboard --suite {suite.name}` from `{suite.name}.jsonl`; do not edit by hand._",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class BoardSummary:
+    """One row of the leaderboard index: what a leaderboard shows and how complete it is."""
+
+    name: str
+    dataset: str
+    epoch_rule: str
+    stored: int
+    planned: int
+    methods: tuple[str, ...]
+    best: tuple[str, ...]
+    plots: tuple[str, ...]
+
+
+def _best_per_pair(table: _Table) -> tuple[str, ...]:
+    methods = _method_names(table.plan)
+    lines = []
+    for pair in table.suite.pairs:
+        means = {
+            m: round(cell_stats(c.values)[0], 2) for m in methods if (c := table.method_cell(m, pair.label)).values
+        }
+        if not means:
+            lines.append(f"{pair.label}: {PENDING}")
+            continue
+        top = max(means.values())
+        winners = " / ".join(m for m in methods if means.get(m) == top)
+        lines.append(f"{pair.label}: {winners} {top:.2f}")
+    return tuple(lines)
+
+
+def summarize_leaderboard(
+    suite: SuiteSpec, plan: Sequence[PlannedRun], records: Iterable[Mapping[str, Any]]
+) -> BoardSummary:
+    """Return the index row of ``suite``'s leaderboard rendered from ``records``."""
+    table = _Table(suite, plan, {r["run_id"]: r for r in records})
+    finished, _, _, planned = _run_counts(table)
+    methods = tuple(sorted({r.config["distiller"] for r in plan if r.kind == "student"}))
+    plots = tuple(plot.stem for plot in _plots(table))
+    return BoardSummary(
+        suite.name, suite.dataset, suite.epoch_rule, finished, planned, methods, _best_per_pair(table), plots
+    )
+
+
+def _index_row(board: BoardSummary) -> list[str]:
+    methods = ", ".join(board.methods) if len(board.methods) <= 8 else f"{len(board.methods)} methods"
+    plots = " · ".join(f"[{stem.rsplit('-', 1)[-1]}]({stem}.svg)" for stem in board.plots) or PENDING
+    return [
+        f"[{board.name}]({board.name}.md)",
+        board.dataset,
+        board.epoch_rule,
+        f"{board.stored}/{board.planned}",
+        methods,
+        "<br>".join(board.best) or PENDING,
+        plots,
+    ]
+
+
+def render_index(boards: Iterable[BoardSummary]) -> str:
+    """Return ``leaderboards/README.md``: one row per leaderboard (sorted by name), what the files are."""
+    rows = [_index_row(board) for board in sorted(boards, key=lambda b: b.name)]
+    headers = ["leaderboard", "dataset", "epoch rule", "runs stored", "methods", "best method per pair", "plots"]
+    lines = [
+        "# Leaderboards",
+        "",
+        "Every table here is rendered by `kdbench leaderboard` from stored run records only; do not edit by hand.",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+        "## The files",
+        "",
+        "- `<suite>.md`: the leaderboard: top-1 mean ± std (n) per teacher→student pair and method, the paper's "
+        "claim and our delta where published, runs not stored yet, an efficiency table, the plots.",
+        "- `<suite>.jsonl`: the run records it is rendered from (one JSON object per line, sorted by run id).",
+        "- `<suite>-accuracy-vs-macs.{svg,png}`, `<suite>-accuracy-vs-latency.{svg,png}`: top-1 against cost; "
+        "each file carries a digest of the data it draws in its metadata.",
+        "- `README.md`: this index.",
+        "",
+        "## Regenerate and check",
+        "",
+        "```",
+        "kdbench run --suite NAME                # train what is missing, into the results database",
+        "kdbench leaderboard --suite NAME        # write NAME.jsonl, NAME.md, the plots and this index",
+        "kdbench leaderboard --from-jsonl        # re-render everything here from the committed *.jsonl",
+        "kdbench leaderboard --check             # CI: exit 1 and name what is stale; rewrites nothing",
+        "```",
         "",
     ]
     return "\n".join(lines)

@@ -1,8 +1,10 @@
-"""Leaderboards: rendered from records only, byte-stable, claims in the right cells, drift detected."""
+"""Leaderboards: rendered from records only, byte-stable, claims and deltas in the right cells, missing runs
+shown, efficiency and plots, the README index, drift detected by ``--check``."""
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +12,14 @@ import pytest
 
 import kdbench
 from kdbench.cli import main
-from kdbench.leaderboard import cell_stats, load_reported, render_leaderboard
+from kdbench.leaderboard import (
+    cell_stats,
+    leaderboard_plots,
+    load_reported,
+    render_index,
+    render_leaderboard,
+    summarize_leaderboard,
+)
 from kdbench.results import ResultsStore, read_jsonl, write_jsonl
 from kdbench.runner import plan_suite
 
@@ -40,7 +49,8 @@ def _records(plan, top1_of) -> list[dict]:
                     "macs": 2_000_000,
                     "macs_convention": "x",
                     "latency": [
-                        {"batch_size": 1, "median_ms": 1.5, "p90_ms": None, "iterations": 5, "device_name": "cpu"}
+                        {"batch_size": 1, "median_ms": 1.5, "p90_ms": None, "iterations": 5, "device_name": "cpu"},
+                        {"batch_size": 256, "median_ms": 8.0, "p90_ms": None, "iterations": 5, "device_name": "cpu"},
                     ],
                     "device_name": "cpu: test",
                 },
@@ -85,21 +95,30 @@ def test_cells_show_mean_std_n_and_paper_claims_in_the_right_place(host, similar
     # Last epoch (the suite's rule); the only method run yet is the best of its column.
     assert r8x4.startswith(f"**{mean:.2f} ± {std:.2f}** (n=3)")
     # RepDistiller's claim for KD resnet32x4→resnet8x4 is 73.33; it wins over other sources.
-    assert "paper 73.33" in r8x4
+    # Δ = the mean shown (71.17) − the claim (73.33), by hand: -2.16.
+    assert re.search(r"paper 73\.33\S \(Δ -2\.16\)$", r8x4), r8x4
     r56 = cells[pairs.index("resnet56→resnet20")]
-    assert r56.startswith("—") and "paper 70.66" in r56
+    assert r56.startswith("—") and "paper 70.66" in r56 and "Δ" not in r56  # no delta without our number
     assert "RepDistiller README (CRD, ICLR 2020)" in text
     assert "last epoch (RepDistiller convention)" in text
     teacher_row = next(line for line in text.splitlines() if line.startswith("| Teacher"))
     assert "75.00 (n=1)" in teacher_row and "paper 79.42" in teacher_row
+    teacher_cells = [c.strip() for c in teacher_row.strip("|").split("|")][1:]
+    assert re.search(
+        r"^75\.00 \(n=1\) · paper 79\.42\S \(Δ -4\.42\)$", teacher_cells[pairs.index("resnet32x4→resnet8x4")]
+    )
 
 
 def test_rendering_is_byte_stable_and_independent_of_record_order(host, similar) -> None:
     suite, plan = similar
     records = _records(plan, lambda run: 60 + len(run.run_id) % 7 + int(run.run_id[:2], 16) / 100)
     first = render_leaderboard(suite, plan, records, _families(host), load_reported())
+    digests = [plot.digest for plot in leaderboard_plots(suite, plan, records)]
+    index = render_index([summarize_leaderboard(suite, plan, records)])
     random.Random(1).shuffle(records)
     assert render_leaderboard(suite, plan, records, _families(host), load_reported()) == first
+    assert [plot.digest for plot in leaderboard_plots(suite, plan, records)] == digests and len(digests) == 2
+    assert render_index([summarize_leaderboard(suite, plan, records)]) == index
     assert "—" not in first.split("## Top-1 accuracy")[1].split("## Efficiency")[0].replace("<br>", "")
 
 
@@ -129,7 +148,13 @@ def test_best_method_per_column_is_bold() -> None:
     assert "**90.50" not in text  # the student row is not a method
 
 
-def test_leaderboard_command_writes_jsonl_and_markdown_and_check_detects_drift(host, tmp_path, capsys) -> None:
+def _files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_leaderboard_command_writes_every_file_and_check_detects_drift_without_rewriting(
+    host, tmp_path, capsys
+) -> None:
     suite = host.suites.get("smoke")
     plan = plan_suite(suite, host)
     db = tmp_path / "r.sqlite"
@@ -137,20 +162,45 @@ def test_leaderboard_command_writes_jsonl_and_markdown_and_check_detects_drift(h
         for record in _records(plan, lambda run: 97.0 + (run.config.get("seed") or 0)):
             store.put(record)
     out = tmp_path / "boards"
-    assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
-    markdown = (out / "smoke.md").read_bytes()
+    write = ["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]
+    assert main(write) == 0
+    written = _files(out)
+    assert sorted(written) == [
+        "README.md",
+        "smoke-accuracy-vs-latency.png",
+        "smoke-accuracy-vs-latency.svg",
+        "smoke-accuracy-vs-macs.png",
+        "smoke-accuracy-vs-macs.svg",
+        "smoke.jsonl",
+        "smoke.md",
+    ]
     assert len(read_jsonl(out / "smoke.jsonl")) == len(plan)
-    assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
-    assert (out / "smoke.md").read_bytes() == markdown
+    assert written["smoke-accuracy-vs-macs.png"].startswith(b"\x89PNG")
+    assert b"<svg" in written["smoke-accuracy-vs-macs.svg"]
+    assert "[smoke](smoke.md)" in written["README.md"].decode()
+    assert main(write) == 0
+    assert _files(out) == written  # same results, same bytes, every file
     capsys.readouterr()
     assert main(["leaderboard", "--check", "--out", str(out)]) == 0
-    assert "up to date" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("up to date") == 2  # the leaderboard and the index
     records = read_jsonl(out / "smoke.jsonl")
-    records[0]["best_top1"] = 12.34
+    next(r for r in records if r["config"]["distiller"] == "kd")["best_top1"] = 12.34
     write_jsonl(records, out / "smoke.jsonl")
+    drifted = _files(out)
     assert main(["leaderboard", "--check", "--out", str(out)]) == 1
     report = capsys.readouterr().out
     assert "STALE" in report and "@@" in report and "(committed)" in report
+    assert f"plot {out / 'smoke-accuracy-vs-macs.svg'}: STALE (drawn from other data)" in report
+    assert f"leaderboard index {out / 'README.md'}: STALE" in report  # a best mean changed
+    assert _files(out) == drifted  # --check rewrote nothing
+    assert main(["leaderboard", "--from-jsonl", "--out", str(out)]) == 0
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 0
+    (out / "smoke-accuracy-vs-latency.png").unlink()
+    capsys.readouterr()
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 1
+    report = capsys.readouterr().out
+    assert f"plot {out / 'smoke-accuracy-vs-latency.png'}: STALE (missing)" in report
+    assert "leaderboard smoke: STALE" in report and "index" in report and "README.md: up to date" in report
 
 
 def test_committed_leaderboards_are_fresh(capsys) -> None:
@@ -163,7 +213,170 @@ def test_committed_leaderboards_are_fresh(capsys) -> None:
 def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
     suite, plan = similar
     text = render_leaderboard(suite, plan, [], _families(host), load_reported())
-    section = text.split("*Published only (not run by kdbench)*")[1].split("## Efficiency")[0]
+    section = text.split("*Published only (not run by kdbench)*")[1].split("\n\n")[0]
     askd = next(line for line in section.splitlines() if line.startswith("| ASKD "))
     assert "n/a · paper 75.34" in askd  # ASKD README, resnet32x4→resnet8x4
     assert "| kd " not in section  # a registered method is never a reference row
+
+
+def _split(line: str) -> list[str]:
+    """Return the cells of a markdown table row (an escaped ``\\|`` stays inside its cell)."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _cells(text: str, first: str) -> list[str]:
+    """Return the cells of the first table row whose first cell is ``first``."""
+    for line in text.splitlines():
+        if line.startswith("|") and _split(line)[0] == first:
+            return _split(line)
+    raise AssertionError(f"no row {first!r}")
+
+
+def test_efficiency_table_shows_throughput_at_batch_256_and_dashes_for_untimed_sizes(host) -> None:
+    suite = host.suites.get("smoke")
+    plan = plan_suite(suite, host)
+    records = _records(plan, lambda run: 97.0)
+    teacher = next(r for r in records if r["kind"] == "teacher")
+    teacher["profile"] = dict(
+        teacher["profile"],
+        params=149_738,
+        latency=[
+            {"batch_size": 1, "median_ms": 2.0, "device_name": "cpu"},
+            {"batch_size": 64, "median_ms": 4.0, "device_name": "cpu"},
+        ],
+    )
+    text = render_leaderboard(suite, plan, records, _families(host))
+    section = text.split("## Efficiency")[1].split("## Accuracy vs cost")[0]
+    header = _cells(section, "model")
+    assert header == [
+        "model",
+        "role",
+        "params",
+        "MACs (M)",
+        "latency b=1 (ms)",
+        "latency b=64 (ms)",
+        "throughput b=256 (img/s)",
+        "training-only params",
+        "device",
+    ]
+    # Students: 256 images / 8.0 ms = 32,000 images/s; the teacher has no batch-256 timing.
+    assert _cells(section, "digits_cnn_m") == [
+        "digits_cnn_m",
+        "student",
+        "1,000",
+        "2.0",
+        "1.50",
+        "—",
+        "32,000",
+        "0",
+        "cpu: test",
+    ]
+    assert _cells(section, "digits_cnn_l") == [
+        "digits_cnn_l",
+        "teacher",
+        "149,738",
+        "2.0",
+        "2.00",
+        "4.00",
+        "—",
+        "0",
+        "cpu: test",
+    ]
+
+
+def test_missing_runs_are_listed_by_seed_and_failures_with_their_status(host) -> None:
+    suite = host.suites.get("smoke")
+    plan = plan_suite(suite, host)
+    records = _records(plan, lambda run: 97.0)
+    text = render_leaderboard(suite, plan, records, _families(host))
+    assert "- **13/13 runs stored**." in text and "All 13 planned runs are stored." in text
+
+    def find(method: str, student: str, seed: int) -> dict:
+        return next(
+            r
+            for r in records
+            if r["config"]["distiller"] == method and r["config"]["student"] == student and r["config"]["seed"] == seed
+        )
+
+    records.remove(find("kd", "digits_cnn_s", 1))
+    failed = find("vanilla", "digits_cnn_m", 2)
+    failed.update(status="failed", best_top1=None, last_top1=None, error="RuntimeError: boom | bad\nTraceback ...")
+    text = render_leaderboard(suite, plan, records, _families(host))
+    assert "- **11/13 runs stored** (1 failed); the others are listed under *Runs not stored yet*." in text
+    section = text.split("## Runs not stored yet")[1].split("## Efficiency")[0]
+    assert "All 13" not in section and "2 of 13 planned runs have no result" in section
+    rows = [_split(line) for line in section.splitlines() if line.startswith("| student")]
+    assert rows == [
+        ["student", "digits_cnn_m", "vanilla", "2", "failed: RuntimeError: boom \\| bad"],
+        ["student", "digits_cnn_l→digits_cnn_s", "kd", "1", "not run yet"],
+    ]
+    assert _cells(text, "kd")[2] == "97.50 ± 0.00 (n=2) 2/3"  # the cell says so too
+    assert "⚠1 failed" in _cells(text, "Student")[1]
+
+
+def test_plots_show_one_point_per_student_and_method_and_are_embedded(host) -> None:
+    suite = host.suites.get("smoke")
+    plan = plan_suite(suite, host)
+    records = _records(plan, lambda run: 90.0 + (run.config.get("seed") or 0) + (run.config["distiller"] == "kd"))
+    plots = {plot.kind: plot for plot in leaderboard_plots(suite, plan, records)}
+    assert sorted(plots) == ["latency", "macs"]
+    macs = plots["macs"]
+    assert macs.stem == "smoke-accuracy-vs-macs"
+    by_role = sorted((p.role, p.series, p.arch) for p in macs.points)
+    assert by_role == [
+        ("method", "kd", "digits_cnn_m"),
+        ("method", "kd", "digits_cnn_s"),
+        ("student", "student (vanilla)", "digits_cnn_m"),
+        ("student", "student (vanilla)", "digits_cnn_s"),
+        ("teacher", "teacher", "digits_cnn_l"),
+    ]
+    kd = next(p for p in macs.points if p.series == "kd" and p.arch == "digits_cnn_s")
+    # best epoch: last + 0.5; seeds 0, 1, 2 → 91.5, 92.5, 93.5; MACs 2,000,000 → 2 M; latency b=1 1.5 ms.
+    assert (kd.x, kd.top1, kd.n) == (2.0, 92.5, 3)
+    assert {p.x for p in plots["latency"].points} == {1.5}
+    text = render_leaderboard(suite, plan, records, _families(host))
+    assert "![smoke: top-1 vs MACs](smoke-accuracy-vs-macs.svg)" in text
+    assert "![smoke: top-1 vs latency at batch 1](smoke-accuracy-vs-latency.svg)" in text
+    for record in records:
+        record["profile"] = None
+    assert leaderboard_plots(suite, plan, records) == []
+    text = render_leaderboard(suite, plan, records, _families(host))
+    assert "No plot yet: no run with a stored top-1 has been profiled." in text and "![" not in text
+
+
+def test_index_lists_every_leaderboard_and_check_catches_a_stale_index(host, tmp_path, capsys) -> None:
+    out = tmp_path / "boards"
+    smoke, cifar10 = host.suites.get("smoke"), host.suites.get("cifar10")
+    write_jsonl(_records(plan_suite(smoke, host), lambda run: 97.0), out / "smoke.jsonl")
+    cifar_plan = plan_suite(cifar10, host)
+    kd_only = _records(cifar_plan, lambda run: 80.0 if run.config["distiller"] == "kd" else None)
+    write_jsonl(kd_only, out / "cifar10.jsonl")
+    assert main(["leaderboard", "--from-jsonl", "--out", str(out)]) == 0
+    index = (out / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in index.splitlines() if line.startswith("| [")]
+    assert [row.split("]")[0] for row in rows] == ["| [cifar10", "| [smoke"]  # sorted by name
+    cifar_row = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cifar_row[:5] == [
+        "[cifar10](cifar10.md)",
+        "cifar10",
+        "best",
+        f"{len(kd_only)}/{len(cifar_plan)}",
+        "kd, vanilla",
+    ]
+    assert cifar10.epoch_rule == "best" and cifar_row[5].startswith(f"{cifar10.pairs[0].label}: kd 80.50")
+    assert "--check" in index and "--from-jsonl" in index
+    capsys.readouterr()
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 0
+    (out / "README.md").write_text(index.replace(rows[0] + "\n", ""), encoding="utf-8")
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 1
+    report = capsys.readouterr().out
+    assert f"leaderboard index {out / 'README.md'}: STALE" in report and "+| [cifar10](cifar10.md)" in report
+    assert "leaderboard smoke: up to date" in report and "leaderboard cifar10: up to date" in report
+    (out / "README.md").unlink()
+    assert main(["leaderboard", "--check", "--suite", "smoke", "--out", str(out)]) == 1  # still checked
+
+
+def test_a_record_file_without_a_registered_suite_is_named(host, tmp_path, capsys) -> None:
+    write_jsonl([], tmp_path / "nowhere.jsonl")
+    assert main(["leaderboard", "--check", "--out", str(tmp_path)]) == 2
+    assert "nowhere" in capsys.readouterr().err

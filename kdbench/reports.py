@@ -1,0 +1,514 @@
+"""Results out: export records (CSV, JSON lines), compare two result sets cell by cell, show one run.
+
+A *results source* is a SQLite results store, a ``.jsonl`` file as committed
+beside a leaderboard, or a git object ``REV:PATH`` of either (read with
+``git show``). Sources are only read: a store is opened only once it is known
+to hold kdbench's schema, so reading never creates or changes a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tabulate import tabulate
+
+from kdbench.errors import KdbenchError, ResultsStoreError
+from kdbench.results import SQLITE_MAGIC, ResultsStore, read_jsonl
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FAIL_ON",
+    "METRICS",
+    "CellDelta",
+    "compare_records",
+    "find_run",
+    "flat_row",
+    "jsonl_text",
+    "load_records",
+    "render_comparison",
+    "render_run",
+    "select_records",
+    "should_fail",
+    "write_csv",
+]
+
+METRICS = ("best_top1", "last_top1")
+FAIL_ON = ("drift", "missing", "any")
+MIN_PREFIX = 4
+
+CSV_COLUMNS: dict[str, str] = {
+    "run_id": "the run's id (hash of its config)",
+    "suite": "suite the run belongs to",
+    "kind": "teacher, student or prune",
+    "status": "finished, diverged or failed",
+    "dataset": "dataset name",
+    "teacher": "teacher architecture (empty without a teacher)",
+    "student": "trained (or pruned) architecture",
+    "method": "distiller name (vanilla, kd, …; prune for pruning runs)",
+    "seed": "random seed",
+    "epochs": "epochs of the recipe (fine-tuning epochs for pruning runs)",
+    "best_top1": "best test top-1 (%) over the epochs",
+    "last_top1": "test top-1 (%) after the last epoch",
+    "best_epoch": "epoch of best_top1 (0-based)",
+    "model_params": "parameters of the deployed model",
+    "extra_params": "training-only parameters the method added",
+    "macs": "multiply-accumulates at batch 1",
+    "latency_b1_ms": "median latency at batch 1 (ms)",
+    "latency_b256_ms": "median latency at batch 256 (ms)",
+    "device": "device the run trained on",
+    "wall_seconds": "wall time of the run (s)",
+    "created": "when the record was stored (UTC, ISO 8601)",
+    "git_commit": "commit of the code that produced the run",
+    "kdbench_version": "kdbench version",
+    "torch_version": "PyTorch version",
+    "error": "error message of a failed or diverged run",
+    "method_params": "method parameters (JSON)",
+    "recipe": "training recipe (JSON)",
+    "config": "the full resolved config (JSON)",
+}
+"""The CSV export's columns, in order, with what each holds; an absent value is an empty field."""
+
+
+# --- reading sources -------------------------------------------------------------------------------------------------
+
+
+def _has_tables(path: Path) -> bool:
+    """Return whether the SQLite file at ``path`` holds any table, reading it through a read-only connection."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
+    try:
+        return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone() is not None
+    except sqlite3.DatabaseError as exc:
+        raise ResultsStoreError(f"{path} is not a kdbench results database (SQLite cannot read it: {exc})") from None
+    finally:
+        connection.close()
+
+
+def _store_records(path: Path, name: str) -> list[dict[str, Any]]:
+    """Return the records of the existing store at ``path`` (``name`` in messages) without creating anything."""
+    if not _has_tables(path):
+        raise ResultsStoreError(f"{name} is an SQLite file without kdbench results (no tables)")
+    try:
+        with ResultsStore(path) as store:
+            return store.records()
+    except ResultsStoreError as exc:
+        raise ResultsStoreError(str(exc).replace(str(path), name)) from None
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def _file_records(path: Path, name: str) -> list[dict[str, Any]]:
+    """Return the records of a store or JSON-lines file at ``path``."""
+    if not path.is_file():
+        raise ResultsStoreError(f"{name} is not a file (expected a results database or a .jsonl file)")
+    if path.stat().st_size == 0:
+        raise ResultsStoreError(f"{name} is empty: neither a results database nor result records")
+    try:
+        sqlite = _is_sqlite(path)
+    except OSError as exc:
+        raise ResultsStoreError(f"cannot read {name}: {exc}") from None
+    if sqlite:
+        return _store_records(path, name)
+    if path.suffix in (".sqlite", ".sqlite3", ".db"):
+        raise ResultsStoreError(f"{name} is not a kdbench results database (not an SQLite file)")
+    try:
+        return read_jsonl(path)
+    except ResultsStoreError as exc:
+        raise ResultsStoreError(str(exc).replace(str(path), name)) from None
+
+
+def _git_show(source: str) -> bytes:
+    """Return the bytes of git object ``REV:PATH``; raise KdbenchError naming it if git cannot give them."""
+    try:
+        result = subprocess.run(["git", "show", source], capture_output=True, check=False)
+    except OSError as exc:
+        raise KdbenchError(f"cannot read {source}: git is not available ({exc})") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise KdbenchError(f"cannot read {source} from git: {reason[0] if reason else f'exit {result.returncode}'}")
+    return result.stdout
+
+
+def _checked(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Return ``records`` after checking the parts reports read have the types of a run record."""
+    shapes = (("config", dict), ("curve", list), ("profile", (dict, type(None))), ("versions", dict))
+    for record in records:
+        for key, kind in shapes:
+            if key in record and not isinstance(record[key], kind):
+                raise ResultsStoreError(f"{name}: run {record['run_id']} has a malformed {key} ({record[key]!r:.60})")
+    return records
+
+
+def load_records(source: str | Path) -> list[dict[str, Any]]:
+    """Return every record of a results source: a store path, a ``.jsonl`` file, or git object ``REV:PATH``."""
+    name = str(source)
+    path = Path(source)
+    if path.exists():
+        return _checked(_file_records(path, name), name)
+    rev, sep, inner = name.partition(":")
+    if not sep or not rev or not inner:
+        raise ResultsStoreError(f"{name} not found (give a results database, a .jsonl file or a git REV:PATH)")
+    data = _git_show(name)
+    with tempfile.TemporaryDirectory(prefix="kdbench-compare-") as folder:
+        copy = Path(folder) / (Path(inner).name or "records")
+        copy.write_bytes(data)
+        return _checked(_file_records(copy, name), name)
+
+
+def select_records(
+    records: Iterable[Mapping[str, Any]], suite: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """Return the records of ``suite`` and/or with ``status`` (None: any)."""
+    return [
+        dict(r)
+        for r in records
+        if (suite is None or r.get("suite") == suite) and (status is None or r.get("status") == status)
+    ]
+
+
+# --- export ----------------------------------------------------------------------------------------------------------
+
+
+def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """Return ``records`` as JSON lines sorted by run id, keys sorted: the bytes ``write_jsonl`` writes."""
+    ordered = sorted(records, key=lambda record: record["run_id"])
+    return "".join(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n" for record in ordered)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _latency(profile: Mapping[str, Any], batch_size: int) -> float | None:
+    for entry in profile.get("latency") or ():
+        if entry.get("batch_size") == batch_size:
+            return entry.get("median_ms")
+    return None
+
+
+def _epochs(config: Mapping[str, Any]) -> int | None:
+    if "prune" in config:
+        return config["prune"].get("finetune_epochs")
+    return (config.get("recipe") or {}).get("epochs")
+
+
+def _teacher_arch(config: Mapping[str, Any]) -> str | None:
+    teacher = config.get("teacher")
+    return teacher.get("arch") if isinstance(teacher, Mapping) else teacher
+
+
+def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the CSV row of ``record``: one value per column of ``CSV_COLUMNS``."""
+    config = record.get("config") or {}
+    profile = record.get("profile") or {}
+    versions = record.get("versions") or {}
+    return {
+        "run_id": record["run_id"],
+        "suite": record.get("suite"),
+        "kind": record.get("kind"),
+        "status": record.get("status"),
+        "dataset": config.get("dataset"),
+        "teacher": _teacher_arch(config),
+        "student": config.get("student"),
+        "method": config.get("distiller"),
+        "seed": config.get("seed"),
+        "epochs": _epochs(config),
+        "best_top1": record.get("best_top1"),
+        "last_top1": record.get("last_top1"),
+        "best_epoch": record.get("best_epoch"),
+        "model_params": profile.get("params"),
+        "extra_params": profile.get("extra_params"),
+        "macs": profile.get("macs"),
+        "latency_b1_ms": _latency(profile, 1),
+        "latency_b256_ms": _latency(profile, 256),
+        "device": record.get("device"),
+        "wall_seconds": record.get("wall_seconds"),
+        "created": record.get("created"),
+        "git_commit": record.get("git_commit"),
+        "kdbench_version": versions.get("kdbench"),
+        "torch_version": versions.get("torch"),
+        "error": record.get("error"),
+        "method_params": _json(config.get("params")),
+        "recipe": _json(config.get("recipe")),
+        "config": _json(config),
+    }
+
+
+def write_csv(records: Iterable[Mapping[str, Any]], out: TextIO) -> None:
+    """Write one CSV row per record, sorted by run id, with a header of ``CSV_COLUMNS``."""
+    writer = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for record in sorted(records, key=lambda r: r["run_id"]):
+        writer.writerow(flat_row(record))
+
+
+# --- compare ---------------------------------------------------------------------------------------------------------
+
+
+def _without_run_refs(value: Any) -> Any:
+    """Return ``value`` without seeds and run-id references, which differ between seeds of one experiment."""
+    if isinstance(value, Mapping):
+        return {k: _without_run_refs(v) for k, v in value.items() if k not in ("seed", "run", "prune_run")}
+    if isinstance(value, list):
+        return [_without_run_refs(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CellDelta:
+    """One experiment (a config over seeds) in results A and B: values of the metric, delta of means, flag."""
+
+    suite: str
+    dataset: str
+    teacher: str
+    student: str
+    method: str
+    variant: str
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    delta: float | None
+    flag: str
+    """``""``, ``"drift"``, ``"only A"`` or ``"only B"``."""
+
+
+def _cell_key(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """Return (suite, dataset, teacher, student, method, variant); variant hashes the rest of the config."""
+    config = record.get("config") or {}
+    rest = _without_run_refs({k: v for k, v in config.items() if k != "kdbench_config"})
+    variant = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+    teacher = _teacher_arch(config) or "—"
+    return (
+        str(record.get("suite")),
+        str(config.get("dataset")),
+        teacher,
+        str(config.get("student")),
+        str(config.get("distiller")),
+        variant,
+    )
+
+
+def _cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, ...], list[float]]:
+    cells: dict[tuple[str, ...], list[float]] = {}
+    for record in records:
+        if record.get("status") == "finished" and record.get(metric) is not None:
+            cells.setdefault(_cell_key(record), []).append(float(record[metric]))
+    return cells
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values)
+
+
+def compare_records(
+    a: Iterable[Mapping[str, Any]],
+    b: Iterable[Mapping[str, Any]],
+    metric: str = "best_top1",
+    tolerance: float = 0.5,
+) -> list[CellDelta]:
+    """Return one CellDelta per experiment in A or B (finished runs only), sorted by cell.
+
+    Runs of one experiment differ only by seed; delta is mean(B) − mean(A), and a
+    cell is flagged ``drift`` when ``|delta| > tolerance`` (percentage points).
+    """
+    if metric not in METRICS:
+        raise KdbenchError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if tolerance < 0:
+        raise KdbenchError(f"tolerance must not be negative, got {tolerance}")
+    cells_a, cells_b = _cells(a, metric), _cells(b, metric)
+    deltas = []
+    for key in sorted(set(cells_a) | set(cells_b)):
+        values_a, values_b = tuple(cells_a.get(key, ())), tuple(cells_b.get(key, ()))
+        if values_a and values_b:
+            delta = _mean(values_b) - _mean(values_a)
+            flag = "drift" if abs(delta) > tolerance else ""
+        else:
+            delta, flag = None, "only A" if values_a else "only B"
+        deltas.append(CellDelta(*key, a=values_a, b=values_b, delta=delta, flag=flag))
+    return deltas
+
+
+def _stats_text(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float) -> str:
+    """Return the comparison as a GitHub-markdown table followed by a one-line summary."""
+    headers = [
+        "suite",
+        "dataset",
+        "teacher",
+        "student",
+        "method",
+        "variant",
+        "n A",
+        "A",
+        "n B",
+        "B",
+        "Δ (B − A)",
+        "flag",
+    ]
+    rows = [
+        [
+            *(d.suite, d.dataset, d.teacher, d.student, d.method, d.variant),
+            *(len(d.a), _stats_text(d.a), len(d.b), _stats_text(d.b)),
+            "—" if d.delta is None else f"{d.delta:+.2f}",
+            d.flag,
+        ]
+        for d in deltas
+    ]
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) if rows else "(no finished runs)"
+    counts = {flag: sum(d.flag == flag for d in deltas) for flag in ("drift", "only A", "only B")}
+    summary = (
+        f"{len(deltas)} cells compared on {metric} (tolerance {tolerance:g}): "
+        f"{counts['drift']} drift, {counts['only A']} only in A, {counts['only B']} only in B"
+    )
+    return f"{table}\n\n{summary}\n"
+
+
+def should_fail(deltas: Iterable[CellDelta], fail_on: str | None) -> bool:
+    """Return whether ``--fail-on fail_on`` (drift, missing, any or None) fails on ``deltas``."""
+    if fail_on is None:
+        return False
+    if fail_on not in FAIL_ON:
+        raise KdbenchError(f"--fail-on takes one of {', '.join(FAIL_ON)}, got {fail_on!r}")
+    flags = {d.flag for d in deltas}
+    drift, missing = "drift" in flags, bool(flags & {"only A", "only B"})
+    return {"drift": drift, "missing": missing, "any": drift or missing}[fail_on]
+
+
+# --- show ------------------------------------------------------------------------------------------------------------
+
+
+def find_run(records: Sequence[Mapping[str, Any]], run_id: str, source: str) -> dict[str, Any]:
+    """Return the record whose id is ``run_id`` or starts with it (at least 4 characters, unique)."""
+    exact = [r for r in records if r["run_id"] == run_id]
+    if exact:
+        return dict(exact[0])
+    hint = f"list the runs with `kdbench results export --format csv --results {source}`"
+    if len(run_id) < MIN_PREFIX:
+        raise KdbenchError(f"no run {run_id!r} in {source}; a run id prefix needs at least {MIN_PREFIX} characters")
+    matches = sorted(r["run_id"] for r in records if r["run_id"].startswith(run_id))
+    if not matches:
+        raise KdbenchError(f"no run {run_id!r} in {source}; {hint}")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+        raise KdbenchError(f"run id prefix {run_id!r} is ambiguous in {source}: it matches {shown}")
+    return dict(next(r for r in records if r["run_id"] == matches[0]))
+
+
+def _pairs(mapping: Mapping[str, Any] | None) -> str:
+    if not mapping:
+        return "—"
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(mapping.items()))
+
+
+def _top1(value: Any) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _config_rows(config: Mapping[str, Any]) -> list[list[str]]:
+    teacher = config.get("teacher")
+    if isinstance(teacher, Mapping):
+        source = f"run {teacher['run']}" if teacher.get("run") else teacher.get("checkpoint")
+        teacher_text = f"{teacher.get('arch')} ({source})" if source else str(teacher.get("arch"))
+    else:
+        teacher_text = "—" if teacher is None else str(teacher)
+    rows = [
+        ["dataset", config.get("dataset", "—")],
+        ["teacher", teacher_text],
+        ["student", config.get("student", "—")],
+        ["method", config.get("distiller", "—")],
+        ["params", _pairs(config.get("params"))],
+        ["recipe", _pairs(config.get("recipe"))],
+        ["seed", config.get("seed", "—")],
+    ]
+    shown = {"dataset", "teacher", "student", "distiller", "params", "recipe", "seed"}
+    rows += [[key, json.dumps(value, sort_keys=True)] for key, value in sorted(config.items()) if key not in shown]
+    return [[k, str(v)] for k, v in rows]
+
+
+def _profile_rows(profile: Mapping[str, Any] | None) -> list[list[str]]:
+    if not profile:
+        return [["profile", "— (not profiled)"]]
+    rows = [
+        ["params", f"{profile['params']:,}" if profile.get("params") is not None else "—"],
+        ["training-only params", f"{profile.get('extra_params') or 0:,}"],
+        ["MACs", f"{profile['macs']:,}" if profile.get("macs") is not None else "—"],
+    ]
+    for entry in profile.get("latency") or ():
+        rows.append([f"latency batch {entry['batch_size']}", f"{entry['median_ms']:.3f} ms median"])
+    if profile.get("pruning"):
+        rows.append(["pruning", json.dumps(profile["pruning"], sort_keys=True)])
+    return rows
+
+
+def _provenance_rows(record: Mapping[str, Any]) -> list[list[str]]:
+    versions = dict(record.get("versions") or {})
+    plugins = versions.pop("plugins", None)
+    rows = [
+        ["device", record.get("device") or "—"],
+        ["versions", _pairs(versions)],
+        ["git commit", record.get("git_commit") or "—"],
+        ["created", record.get("created") or "—"],
+        ["wall time", "—" if record.get("wall_seconds") is None else f"{record['wall_seconds']:.1f} s"],
+    ]
+    if plugins:
+        rows.append(["plugins", _pairs(plugins)])
+    return [[k, str(v)] for k, v in rows]
+
+
+def _curve_table(curve: Sequence[Mapping[str, Any]]) -> str:
+    if not curve:
+        return "(no epochs recorded)"
+    terms = sorted({term for entry in curve for term in entry.get("losses") or {}})
+    rows = [
+        [
+            entry.get("epoch"),
+            entry.get("phase", "main"),
+            f"{entry['lr']:g}" if entry.get("lr") is not None else "—",
+            *(f"{entry['losses'][t]:.4f}" if t in (entry.get("losses") or {}) else "—" for t in terms),
+            _top1(entry.get("test_top1")),
+        ]
+        for entry in curve
+    ]
+    headers = ["epoch", "phase", "lr", *(f"loss {t}" for t in terms), "test top-1"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def render_run(record: Mapping[str, Any]) -> str:
+    """Return a readable report of one run: config, outcome, profile, provenance and per-epoch curve."""
+    outcome = [
+        ["status", record.get("status")],
+        ["best top-1", f"{_top1(record.get('best_top1'))} (epoch {record.get('best_epoch', '—')})"],
+        ["last top-1", _top1(record.get("last_top1"))],
+    ]
+    if record.get("error"):
+        outcome.append(["error", record["error"]])
+    sections = [
+        f"run {record['run_id']} · suite {record.get('suite')} · {record.get('kind')}",
+        tabulate(_config_rows(record.get("config") or {}), tablefmt="plain", disable_numparse=True),
+        "result\n" + tabulate([[k, str(v)] for k, v in outcome], tablefmt="plain", disable_numparse=True),
+        "profile\n" + tabulate(_profile_rows(record.get("profile")), tablefmt="plain", disable_numparse=True),
+        "provenance\n" + tabulate(_provenance_rows(record), tablefmt="plain", disable_numparse=True),
+        "curve\n" + _curve_table(record.get("curve") or ()),
+    ]
+    return "\n\n".join(sections) + "\n"
