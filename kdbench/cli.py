@@ -40,6 +40,7 @@ from kdbench.reports import (
 )
 from kdbench.results import ResultsStore, read_jsonl, write_jsonl
 from kdbench.runner import PlannedRun, RunnerOptions, plan_suite, run_suite, select_runs
+from kdbench.scaffold import write_plugin
 from kdbench.specs import SuiteSpec
 from kdbench.suites import load_suite_file
 
@@ -148,8 +149,9 @@ def _add_report_parsers(sub: argparse._SubParsersAction, store: argparse.Argumen
     export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
 
     compare = sub.add_parser("compare", help="per-cell deltas between two result sets (stores, .jsonl, REV:PATH)")
-    compare.add_argument("a", metavar="A", help="results database, .jsonl file or git REV:PATH")
-    compare.add_argument("b", metavar="B", help="results database, .jsonl file or git REV:PATH")
+    source = "results database, .jsonl file, directory of .jsonl files, or any of these in git as REV:PATH"
+    compare.add_argument("a", metavar="A", help=source)
+    compare.add_argument("b", metavar="B", help=source)
     compare.add_argument("--metric", choices=METRICS, default="best_top1")
     compare.add_argument("--tolerance", type=float, default=0.5, help="flag |delta| above this (top-1 points)")
     compare.add_argument("--fail-on", choices=FAIL_ON, help="exit 1 on drift, on cells missing from one side, or any")
@@ -522,8 +524,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
-    from kdbench.scaffold import write_plugin
-
     root = write_plugin(args.name, args.dir, force=args.force)
     print(f"wrote plugin {args.name!r} to {root}")
     print(f"next: cd {root} && pip install -e '.[test]' && pytest   (see README.md there)")
@@ -531,7 +531,6 @@ def _cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "new-plugin": _cmd_new_plugin,
     "run": _cmd_run,
     "leaderboard": _cmd_leaderboard,
     "plugins": _cmd_plugins,
@@ -540,6 +539,7 @@ COMMANDS = {
     "results": _cmd_results,
     "compare": _cmd_compare,
     "show": _cmd_show,
+    "new-plugin": _cmd_new_plugin,
 }
 
 

@@ -117,6 +117,8 @@ def _file_records(path: Path, name: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ResultsStoreError(f"{name} is not a file (expected a results database or a .jsonl file)")
     if path.stat().st_size == 0:
+        if path.suffix == ".jsonl":
+            return []  # a leaderboard of a suite with no stored run yet
         raise ResultsStoreError(f"{name} is empty: neither a results database nor result records")
     try:
         sqlite = _is_sqlite(path)
@@ -154,20 +156,70 @@ def _checked(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return records
 
 
-def load_records(source: str | Path) -> list[dict[str, Any]]:
-    """Return every record of a results source: a store path, a ``.jsonl`` file, or git object ``REV:PATH``."""
-    name = str(source)
-    path = Path(source)
-    if path.exists():
-        return _checked(_file_records(path, name), name)
-    rev, sep, inner = name.partition(":")
-    if not sep or not rev or not inner:
-        raise ResultsStoreError(f"{name} not found (give a results database, a .jsonl file or a git REV:PATH)")
-    data = _git_show(name)
+def _git_object_type(source: str) -> str:
+    """Return ``blob`` or ``tree`` for git object ``REV:PATH`` (an error naming it when git has no such object)."""
+    try:
+        result = subprocess.run(["git", "cat-file", "-t", source], capture_output=True, check=False)
+    except OSError as exc:
+        raise KdbenchError(f"cannot read {source}: git is not available ({exc})") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise KdbenchError(f"cannot read {source} from git: {reason[0] if reason else f'exit {result.returncode}'}")
+    return result.stdout.decode().strip()
+
+
+def _blob_records(source: str) -> list[dict[str, Any]]:
+    inner = source.partition(":")[2]
     with tempfile.TemporaryDirectory(prefix="kdbench-compare-") as folder:
         copy = Path(folder) / (Path(inner).name or "records")
-        copy.write_bytes(data)
-        return _checked(_file_records(copy, name), name)
+        copy.write_bytes(_git_show(source))
+        return _checked(_file_records(copy, source), source)
+
+
+def _tree_records(source: str) -> list[dict[str, Any]]:
+    """Return the records of every ``*.jsonl`` file directly inside the git tree ``REV:DIR``."""
+    names = _git_show(source).decode("utf-8", "replace").splitlines()[2:]  # `git show` of a tree: header, blank line
+    files = sorted(name for name in names if name.endswith(".jsonl"))
+    if not files:
+        raise ResultsStoreError(f"{source} holds no *.jsonl result records")
+    return _unique([_blob_records(f"{source.rstrip('/')}/{name}") for name in files])
+
+
+def _directory_records(path: Path, name: str) -> list[dict[str, Any]]:
+    """Return the records of every ``*.jsonl`` file in the directory ``path`` (e.g. ``leaderboards/``)."""
+    files = sorted(path.glob("*.jsonl"))
+    if not files:
+        raise ResultsStoreError(f"{name} holds no *.jsonl result records")
+    return _unique([_checked(_file_records(file, str(file)), str(file)) for file in files])
+
+
+def _unique(groups: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Return the records of several files once each (suites share runs, e.g. a teacher)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for records in groups:
+        for record in records:
+            seen.setdefault(record["run_id"], record)
+    return list(seen.values())
+
+
+def load_records(source: str | Path) -> list[dict[str, Any]]:
+    """Return every record of a results source.
+
+    A source is a results database, a ``.jsonl`` file, a directory of ``*.jsonl`` files (``leaderboards/``),
+    or the same in git: ``REV:PATH`` (``HEAD~1:leaderboards/smoke.jsonl``, ``v0.1:leaderboards``).
+    """
+    name = str(source)
+    path = Path(source)
+    if path.is_dir():
+        return _directory_records(path, name)
+    if path.exists():
+        return _checked(_file_records(path, name), name)
+    rev, sep, _ = name.partition(":")
+    if not sep or not rev:
+        raise ResultsStoreError(
+            f"{name} not found (give a results database, a .jsonl file, a directory of them or a git REV:PATH)"
+        )
+    return _tree_records(name) if _git_object_type(name) == "tree" else _blob_records(name)
 
 
 def select_records(

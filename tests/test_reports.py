@@ -300,6 +300,28 @@ def test_compare_reads_git_revisions(
     code = main(["compare", "HEAD:board/nope.jsonl", "board/tiny.jsonl"])
     _error(capsys, code, "HEAD:board/nope.jsonl")
 
+    # Whole directories of leaderboard records, in the working tree or at a revision (two commits' results).
+    assert main(["compare", "HEAD~1:board", "HEAD:board/", "--fail-on", "drift"]) == 1
+    assert "+5.00" in capsys.readouterr().out
+    assert main(["compare", "HEAD:board", "board", "--fail-on", "any"]) == 0
+    whole_tree = capsys.readouterr().out
+    main(["compare", "HEAD:board/tiny.jsonl", "board/tiny.jsonl"])
+    assert whole_tree == capsys.readouterr().out  # the directory holds that one file: the same cells
+    code = main(["compare", "HEAD:", "board"])  # the repository root holds no *.jsonl
+    _error(capsys, code, "HEAD: holds no *.jsonl")
+
+
+def test_directory_sources_read_every_jsonl_once_and_empty_boards_are_no_records(tmp_path: Path) -> None:
+    records = _records()
+    board = tmp_path / "board"
+    _jsonl(board / "one.jsonl", records[:2])
+    _jsonl(board / "two.jsonl", records[1:])  # records[1] in both files: a run shared by two suites
+    (board / "empty.jsonl").write_text("", encoding="utf-8")  # a suite with nothing stored yet
+    (board / "notes.md").write_text("not records", encoding="utf-8")
+    loaded = load_records(board)
+    assert sorted(r["run_id"] for r in loaded) == sorted(r["run_id"] for r in records)
+    assert load_records(board / "empty.jsonl") == []
+
 
 # --- show -------------------------------------------------------------------------------------------------------------
 
