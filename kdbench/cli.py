@@ -375,13 +375,27 @@ def _write_from_store(args: argparse.Namespace, host: PluginHost, known: dict[st
             known[suite.name] = suite
             overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
             wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
-            records = [r for r in (store.get(run_id) for run_id in sorted(wanted)) if r is not None]
+            jsonl = args.out / f"{suite.name}.jsonl"
+            records = _merged_records(store, wanted, jsonl)
             if not records and not args.suite:
                 continue
             args.out.mkdir(parents=True, exist_ok=True)
-            jsonl = args.out / f"{suite.name}.jsonl"
             write_jsonl(records, jsonl)
             _write_board(suite, host, read_jsonl(jsonl), args.out)
+
+
+def _merged_records(store: ResultsStore, wanted: set[str], jsonl: Path) -> list[dict]:
+    """Return the plan's records: the database's, plus those only the board's ``.jsonl`` already holds.
+
+    Rendering from a database that lacks some runs (another machine's, a fresh clone's) never drops
+    results already published in the board; a run in both is taken from the database.
+    """
+    published = {r["run_id"]: r for r in read_jsonl(jsonl) if r["run_id"] in wanted} if jsonl.exists() else {}
+    for run_id in sorted(wanted):
+        record = store.get(run_id)
+        if record is not None:
+            published[run_id] = record
+    return list(published.values())
 
 
 def _text_is_fresh(path: Path, expected: str, source: str) -> bool:

@@ -152,6 +152,28 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
+def test_rendering_from_a_database_missing_runs_keeps_the_published_ones(host, tmp_path, capsys) -> None:
+    suite = host.suites.get("smoke")
+    plan = plan_suite(suite, host)
+    records = _records(plan, lambda run: 97.0 + (run.config.get("seed") or 0))
+    out, full, partial = tmp_path / "boards", tmp_path / "full.sqlite", tmp_path / "partial.sqlite"
+    with ResultsStore(full) as store:
+        for record in records:
+            store.put(record)
+    assert main(["leaderboard", "--suite", "smoke", "--results", str(full), "--out", str(out)]) == 0
+    published = (out / "smoke.jsonl").read_bytes()
+    before = {r["run_id"]: r for r in read_jsonl(out / "smoke.jsonl")}
+    rerun = dict(records[0], best_top1=12.5)  # one run redone on this machine: the database's record wins
+    with ResultsStore(partial) as store:
+        store.put(rerun)
+    assert main(["leaderboard", "--suite", "smoke", "--results", str(partial), "--out", str(out)]) == 0
+    kept = {r["run_id"]: r for r in read_jsonl(out / "smoke.jsonl")}
+    assert sorted(kept) == sorted(r["run_id"] for r in records)
+    assert kept[rerun["run_id"]]["best_top1"] == 12.5
+    assert all(kept[run_id] == record for run_id, record in before.items() if run_id != rerun["run_id"])
+    assert (out / "smoke.jsonl").read_bytes() != published
+
+
 def test_leaderboard_command_writes_every_file_and_check_detects_drift_without_rewriting(
     host, tmp_path, capsys
 ) -> None:
