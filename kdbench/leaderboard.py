@@ -461,6 +461,12 @@ def _run_counts(table: _Table) -> tuple[int, int, int, int]:
     return statuses.count("finished"), statuses.count("failed"), statuses.count("diverged"), len(statuses)
 
 
+def _decay(recipe: Any) -> str:
+    if not recipe.lr_milestones:
+        return "constant lr"
+    return f"×{recipe.lr_gamma} at epochs {', '.join(map(str, recipe.lr_milestones))}"
+
+
 def _provenance(table: _Table) -> list[str]:
     records = [r for r in table.records.values()]
     finished, failed, diverged, planned = _run_counts(table)
@@ -480,9 +486,8 @@ def _provenance(table: _Table) -> list[str]:
         + ("; the others are listed under *Runs not stored yet*." if finished < planned else "."),
         f"- **Top-1 (%)** on the `{table.suite.dataset}` test set, **{rule}**, mean ± sample std over seeds "
         f"{', '.join(map(str, table.suite.seeds))}; `n` = runs stored; {PENDING} = not run yet.",
-        f"- Recipe: {recipe.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr} "
-        f"(momentum {recipe.momentum}, wd {recipe.weight_decay}), ×{recipe.lr_gamma} at epochs "
-        f"{', '.join(map(str, recipe.lr_milestones)) or 'none'}.",
+        f"- Recipe: {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}, batch {recipe.batch_size}, "
+        f"SGD lr {recipe.lr} (momentum {recipe.momentum}, wd {recipe.weight_decay}), {_decay(recipe)}.",
         *_own_recipes(table),
         f"- Produced on: {'; '.join(devices) or PENDING}; kdbench {', '.join(versions) or PENDING}; "
         f"{minutes:.1f} min of training in the stored runs.",
