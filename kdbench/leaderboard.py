@@ -24,7 +24,7 @@ from tabulate import tabulate
 from kdbench.plots import PLOT_KINDS, AccuracyPlot, PlotPoint, plot_stem
 from kdbench.profile import MACS_CONVENTION
 from kdbench.runner import PlannedRun, student_recipe
-from kdbench.specs import SuiteSpec
+from kdbench.specs import Recipe, SuiteSpec
 
 __all__ = [
     "BoardSummary",
@@ -461,7 +461,7 @@ def _run_counts(table: _Table) -> tuple[int, int, int, int]:
     return statuses.count("finished"), statuses.count("failed"), statuses.count("diverged"), len(statuses)
 
 
-def _decay(recipe: Any) -> str:
+def _decay(recipe: Recipe) -> str:
     if not recipe.lr_milestones:
         return "constant lr"
     return f"×{recipe.lr_gamma} at epochs {', '.join(map(str, recipe.lr_milestones))}"
