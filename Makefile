@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdbench-installed
 
-.PHONY: demo test check-leaderboards bench lint clean
+.PHONY: demo test check-leaderboards check-smoke bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(STAMP)
 check-leaderboards: $(STAMP)
 	$(BIN)/kdbench leaderboard --check --out leaderboards
 
+# Re-run the smoke suite from scratch and compare its cells with the committed records: a change that
+# moves a smoke result by more than 2 top-1 points (mean over 3 seeds) fails.
+SMOKE_DIR := .ci-smoke
+check-smoke: $(STAMP)
+	rm -rf $(SMOKE_DIR)
+	$(BIN)/kdbench run --suite smoke --results $(SMOKE_DIR)/kdbench.sqlite --work-dir $(SMOKE_DIR)/runs --no-progress
+	$(BIN)/kdbench leaderboard --suite smoke --results $(SMOKE_DIR)/kdbench.sqlite --out $(SMOKE_DIR)/leaderboards
+	$(BIN)/kdbench compare leaderboards/smoke.jsonl $(SMOKE_DIR)/leaderboards/smoke.jsonl --tolerance 2 --fail-on any
+
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,mean,stddev,rounds
 
@@ -30,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check kdbench plugins tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(SMOKE_DIR)

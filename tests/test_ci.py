@@ -33,8 +33,11 @@ def test_ci_commands_parse(command: str) -> None:
 
 def test_drift_check_runs_in_ci_and_in_the_workflow() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "make test" in ci and "make check-leaderboards" in ci
-    assert any(c.startswith("leaderboard --check") for c in _makefile_commands())
+    assert "make test" in ci and "make check-leaderboards" in ci and "make check-smoke" in ci
+    make = _makefile_commands()
+    assert any(c.startswith("leaderboard --check") for c in make)
+    assert any(c.startswith("run --suite smoke") for c in make)
+    assert any(c.startswith("compare leaderboards/smoke.jsonl") and "--fail-on" in c for c in make)
     workflow = _workflow_commands()
     assert any(c.startswith("leaderboard --check") for c in workflow)
     assert any(c.startswith("run --suite smoke") for c in workflow)
