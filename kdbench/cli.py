@@ -17,6 +17,7 @@ from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.engine import EngineOptions
 from kdbench.errors import KdbenchError
 from kdbench.leaderboard import (
+    BoardSummary,
     leaderboard_plots,
     load_reported,
     render_index,
@@ -284,11 +285,11 @@ def _families(host: PluginHost) -> dict[str, str]:
     return {spec.name: spec.family for spec in host.distillers}
 
 
-def _render(suite: SuiteSpec, host: PluginHost, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
-    """Return the markdown and the plots of ``suite``'s leaderboard, rendered from ``records`` only."""
+def _render(suite: SuiteSpec, host: PluginHost, records: list[dict]) -> tuple[str, list[AccuracyPlot], BoardSummary]:
+    """Return the markdown, the plots and the index row of ``suite``'s leaderboard, from ``records`` only."""
     plan = plan_suite(suite, host, _overrides_in(records))
     markdown = render_leaderboard(suite, plan, records, _families(host), load_reported())
-    return markdown, leaderboard_plots(suite, plan, records)
+    return markdown, leaderboard_plots(suite, plan, records), summarize_leaderboard(suite, plan, records)
 
 
 def _overrides_in(records: list[dict]) -> dict[str, str]:
@@ -332,11 +333,10 @@ def _render_index(out: Path, host: PluginHost, known: dict[str, SuiteSpec]) -> s
 
 
 def _write_board(suite: SuiteSpec, host: PluginHost, records: list[dict], out: Path) -> None:
-    markdown, plots = _render(suite, host, records)
+    markdown, plots, summary = _render(suite, host, records)
     path = out / f"{suite.name}.md"
     path.write_text(markdown, encoding="utf-8")
     touched = write_plots(suite.name, plots, out)
-    summary = summarize_leaderboard(suite, plan_suite(suite, host, _overrides_in(records)), records)
     print(
         f"leaderboard {suite.name}: {summary.stored}/{summary.planned} runs stored → {path}; "
         f"{len(plots)} plot(s), {len(touched)} plot file(s) updated"
@@ -423,7 +423,7 @@ def _check_leaderboards(args: argparse.Namespace, host: PluginHost) -> int:
         suite = _suite(name, host)
         known[suite.name] = suite
         records = _board_records(args.out, suite)
-        markdown, plots = _render(suite, host, records)
+        markdown, plots, _ = _render(suite, host, records)
         fresh = _text_is_fresh(args.out / f"{suite.name}.md", markdown, f"{suite.name}.jsonl")
         for path, why in stale_plot_files(suite.name, plots, args.out):
             print(f"plot {path}: STALE ({why})")

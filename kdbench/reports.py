@@ -134,16 +134,21 @@ def _file_records(path: Path, name: str) -> list[dict[str, Any]]:
         raise ResultsStoreError(str(exc).replace(str(path), name)) from None
 
 
-def _git_show(source: str) -> bytes:
-    """Return the bytes of git object ``REV:PATH``; raise KdbenchError naming it if git cannot give them."""
+def _git(source: str, *args: str) -> bytes:
+    """Return the output of ``git ARGS SOURCE``; raise KdbenchError naming ``source`` if git cannot give it."""
     try:
-        result = subprocess.run(["git", "show", source], capture_output=True, check=False)
+        result = subprocess.run(["git", *args, source], capture_output=True, check=False)
     except OSError as exc:
         raise KdbenchError(f"cannot read {source}: git is not available ({exc})") from None
     if result.returncode != 0:
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
         raise KdbenchError(f"cannot read {source} from git: {reason[0] if reason else f'exit {result.returncode}'}")
     return result.stdout
+
+
+def _git_show(source: str) -> bytes:
+    """Return the bytes of git object ``REV:PATH`` (a file's content, or a tree's listing)."""
+    return _git(source, "show")
 
 
 def _checked(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -157,15 +162,8 @@ def _checked(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def _git_object_type(source: str) -> str:
-    """Return ``blob`` or ``tree`` for git object ``REV:PATH`` (an error naming it when git has no such object)."""
-    try:
-        result = subprocess.run(["git", "cat-file", "-t", source], capture_output=True, check=False)
-    except OSError as exc:
-        raise KdbenchError(f"cannot read {source}: git is not available ({exc})") from None
-    if result.returncode != 0:
-        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise KdbenchError(f"cannot read {source} from git: {reason[0] if reason else f'exit {result.returncode}'}")
-    return result.stdout.decode().strip()
+    """Return ``blob`` or ``tree`` for git object ``REV:PATH``."""
+    return _git(source, "cat-file", "-t").decode().strip()
 
 
 def _blob_records(source: str) -> list[dict[str, Any]]:
