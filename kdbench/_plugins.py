@@ -31,6 +31,8 @@ REGISTRY_KINDS: dict[str, tuple[str, type]] = {
     "pruners": ("kdbench_register_pruners", PrunerSpec),
     "suites": ("kdbench_register_suites", SuiteSpec),
 }
+#: The hooks through which plugins observe runs (called by the engine and runner via ``PluginHost.notify``).
+LIFECYCLE_HOOKS = ("kdbench_run_start", "kdbench_epoch_end", "kdbench_run_end")
 
 T = TypeVar("T")
 
@@ -46,6 +48,8 @@ class PluginInfo:
     status: str
     error: str = ""
     registers: dict[str, list[str]] = field(default_factory=dict)
+    observes: list[str] = field(default_factory=list)
+    """Lifecycle hooks the plugin implements (loggers, trackers), e.g. ``["kdbench_epoch_end"]``."""
 
 
 class Registry(Generic[T]):
@@ -228,6 +232,10 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         raise
 
 
+def _lifecycle_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or () if caller.name in LIFECYCLE_HOOKS)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, pluggy.PluginValidationError):
         return f"violates the hook contract: {exc}"
@@ -279,6 +287,7 @@ def create_plugin_host(
         try:
             plugin = target.load() if isinstance(target, metadata.EntryPoint) else target
             _register(pm, plugin, name)
+            info.observes = _lifecycle_hooks(pm, plugin)
         except Exception as exc:
             if strict:
                 raise PluginError(f"plugin {name!r} ({dist}) {_describe(exc)}") from exc

@@ -447,6 +447,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for info in sorted(host.plugins, key=lambda p: p.name):
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(info.registers.items()))
+        if info.observes:
+            hooks = ", ".join(hook.removeprefix("kdbench_") for hook in info.observes)
+            what = f"{what}; observes: {hooks}" if what else f"observes: {hooks}"
         detail = what if info.status == "loaded" else info.error or info.status
         rows.append([info.name, f"{info.distribution} {info.version}".strip(), info.status, detail])
     print(tabulate(rows, headers=["plugin", "distribution", "status", "registers"], tablefmt="simple"))

@@ -103,7 +103,9 @@ def test_plugins_command_shows_distribution_and_registrations(capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "kdbench 0.1.0" in out
     line = next(line for line in out.splitlines() if line.startswith("kd "))
-    assert "distillers: kd" in line and "loaded" in line
+    assert "distillers: kd" in line and "loaded" in line and "observes" not in line
+    line = next(line for line in out.splitlines() if line.startswith("epoch_log "))
+    assert "observes: epoch_end, run_end, run_start" in line  # a logger shows the lifecycle hooks it implements
 
 
 def test_profile_prints_params_macs_and_latency(capsys: pytest.CaptureFixture[str]) -> None:
