@@ -176,11 +176,13 @@ def _blob_records(source: str) -> list[dict[str, Any]]:
 
 def _tree_records(source: str) -> list[dict[str, Any]]:
     """Return the records of every ``*.jsonl`` file directly inside the git tree ``REV:DIR``."""
-    names = _git_show(source).decode("utf-8", "replace").splitlines()[2:]  # `git show` of a tree: header, blank line
-    files = sorted(name for name in names if name.endswith(".jsonl"))
+    listing = _git(source, "ls-tree", "-z", "--name-only").decode("utf-8", "surrogateescape")
+    files = sorted(name for name in listing.split("\0") if name.endswith(".jsonl"))
     if not files:
         raise ResultsStoreError(f"{source} holds no *.jsonl result records")
-    return _unique([_blob_records(f"{source.rstrip('/')}/{name}") for name in files])
+    rev, _, directory = source.partition(":")
+    prefix = f"{rev}:{directory.strip('/')}/" if directory.strip("/") else f"{rev}:"
+    return _unique([_blob_records(prefix + name) for name in files])
 
 
 def _directory_records(path: Path, name: str) -> list[dict[str, Any]]:
@@ -321,9 +323,12 @@ def _without_run_refs(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class CellDelta:
-    """One experiment (a config over seeds) in results A and B: values of the metric, delta of means, flag."""
+    """One experiment (a config over seeds) in results A and B: values of the metric, delta of means, flag.
 
-    suite: str
+    The cell is defined by the config alone, not by the suite that stored a run: suites share runs (a
+    teacher, a vanilla student), and a shared run is stored once, under the suite that ran it first.
+    """
+
     dataset: str
     teacher: str
     student: str
@@ -337,13 +342,12 @@ class CellDelta:
 
 
 def _cell_key(record: Mapping[str, Any]) -> tuple[str, ...]:
-    """Return (suite, dataset, teacher, student, method, variant); variant hashes the rest of the config."""
+    """Return (dataset, teacher, student, method, variant); variant hashes the rest of the config."""
     config = record.get("config") or {}
     rest = _without_run_refs({k: v for k, v in config.items() if k != "kdbench_config"})
     variant = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
     teacher = _teacher_arch(config) or "—"
     return (
-        str(record.get("suite")),
         str(config.get("dataset")),
         teacher,
         str(config.get("student")),
@@ -403,7 +407,6 @@ def _stats_text(values: Sequence[float]) -> str:
 def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float) -> str:
     """Return the comparison as a GitHub-markdown table followed by a one-line summary."""
     headers = [
-        "suite",
         "dataset",
         "teacher",
         "student",
@@ -418,7 +421,7 @@ def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float
     ]
     rows = [
         [
-            *(d.suite, d.dataset, d.teacher, d.student, d.method, d.variant),
+            *(d.dataset, d.teacher, d.student, d.method, d.variant),
             *(len(d.a), _stats_text(d.a), len(d.b), _stats_text(d.b)),
             "—" if d.delta is None else f"{d.delta:+.2f}",
             d.flag,
@@ -469,6 +472,10 @@ def _pairs(mapping: Mapping[str, Any] | None) -> str:
     if not mapping:
         return "—"
     return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(mapping.items()))
+
+
+def _epoch_note(epoch: Any) -> str:
+    return "" if epoch is None else f" (epoch {epoch})"
 
 
 def _top1(value: Any) -> str:
@@ -548,7 +555,7 @@ def render_run(record: Mapping[str, Any]) -> str:
     """Return a readable report of one run: config, outcome, profile, provenance and per-epoch curve."""
     outcome = [
         ["status", record.get("status")],
-        ["best top-1", f"{_top1(record.get('best_top1'))} (epoch {record.get('best_epoch', '—')})"],
+        ["best top-1", _top1(record.get("best_top1")) + _epoch_note(record.get("best_epoch"))],
         ["last top-1", _top1(record.get("last_top1"))],
     ]
     if record.get("error"):

@@ -74,7 +74,7 @@ def _record(
 
 
 def _records() -> list[dict[str, Any]]:
-    """Two cells of three seeds (kd on s, vanilla on m), one failed run, one run of another suite."""
+    """Two cells of three seeds (kd on s, vanilla on m), one failed run, one run of another suite (own params)."""
     records = [_record(f"aaaa{seed}00000000000", 90.0 + seed, seed=seed) for seed in range(3)]
     records += [
         _record(
@@ -83,7 +83,7 @@ def _records() -> list[dict[str, Any]]:
         for seed in range(3)
     ]
     records.append(_record("cccc000000000000", 0.0, status="failed", error='boom, "quoted"\nsecond line'))
-    records.append(_record("dddd000000000000", 70.0, suite="other"))
+    records.append(_record("dddd000000000000", 70.0, suite="other", params={"temperature": 2.0}))
     return records
 
 
@@ -190,7 +190,7 @@ def test_compare_with_itself_flags_nothing(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "drift" not in out.split("\n\n")[0] and "only" not in out.split("\n\n")[0]
     assert "3 cells compared on best_top1 (tolerance 0.5): 0 drift, 0 only in A, 0 only in B" in out
-    assert out.startswith("| suite")  # GitHub markdown table
+    assert out.startswith("| dataset")  # GitHub markdown table
 
 
 def test_changed_top1_beyond_tolerance_is_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,6 +257,14 @@ def test_delta_is_difference_of_seed_means_within_one_cell() -> None:
     assert compare_records([_record("a", 90.0)], [_record("b", 89.25)], tolerance=0.5)[0].flag == "drift"
 
 
+def test_one_experiment_stored_by_two_suites_is_one_cell() -> None:
+    # Suites share runs (run ids hash the config, not the suite): a shared run keeps the suite that ran it first.
+    a = [_record("a0", 90.0, suite="smoke")]
+    b = [_record("a0", 90.0, suite="dist-smoke")]
+    (cell,) = compare_records(a, b)
+    assert (cell.flag, cell.delta) == ("", 0.0)
+
+
 def test_failed_runs_are_not_results(tmp_path: Path) -> None:
     a = [_record("a0", 90.0)]
     b = [_record("b0", 90.0, status="failed")]
@@ -309,6 +317,11 @@ def test_compare_reads_git_revisions(
     assert whole_tree == capsys.readouterr().out  # the directory holds that one file: the same cells
     code = main(["compare", "HEAD:", "board"])  # the repository root holds no *.jsonl
     _error(capsys, code, "HEAD: holds no *.jsonl")
+    commit_root = repo / "root.jsonl"
+    commit_root.write_bytes((repo / "board" / "tiny.jsonl").read_bytes())
+    subprocess.run([*git, "add", "."], cwd=repo, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "root"], cwd=repo, check=True, capture_output=True)
+    assert main(["compare", "HEAD:", "board", "--fail-on", "any"]) == 0  # files at the root of a revision
 
 
 def test_directory_sources_read_every_jsonl_once_and_empty_boards_are_no_records(tmp_path: Path) -> None:
@@ -344,7 +357,9 @@ def test_show_by_id_and_by_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["show", "aaaa1", "--results", str(db)]) == 0
     assert capsys.readouterr().out == out
     assert main(["show", "cccc", "--results", str(db)]) == 0
-    assert 'boom, "quoted"' in capsys.readouterr().out
+    failed = capsys.readouterr().out
+    assert 'boom, "quoted"' in failed
+    assert "best top-1  —\n" in failed and "None" not in failed  # a failed run has no best epoch
 
 
 def test_show_refuses_ambiguous_unknown_and_short_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
