@@ -321,6 +321,16 @@ class _IdleUnstructured(_Idle):
     structured = False
 
 
+class _Frozen(MagnitudePruner):
+    """Prunes, but hands back a model whose weights can no longer train."""
+
+    def prune(self, model, example_inputs, settings, calibration=None):
+        pruned = super().prune(model, example_inputs, settings, calibration)
+        for parameter in pruned.parameters():
+            parameter.requires_grad_(False)
+        return pruned
+
+
 class _Unseeded(MagnitudePruner):
     """Ties broken by Python's global RNG: another model each time."""
 
@@ -341,6 +351,7 @@ class _Unseeded(MagnitudePruner):
         (_IdleUnstructured, False, "sparsity 0.000 falls short of the ratio 0.5"),
         (_IdleUnstructured, True, "spec.structured=True but the pruner's class says structured=False"),
         (_Unseeded, True, "pruning the same model twice gave different results"),
+        (_Frozen, True, "the pruned model must train one step"),
         (lambda: object(), True, "the builder must return a kdbench.pruning.Pruner"),
     ],
 )
