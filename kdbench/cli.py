@@ -176,7 +176,7 @@ def _host(args: argparse.Namespace) -> PluginHost:
 
 
 def _suite(name: str, host: PluginHost) -> SuiteSpec:
-    if name.endswith(".toml") or os.sep in name:
+    if _is_suite_file(name):
         return load_suite_file(Path(name))
     return host.suites.get(name)
 
@@ -285,13 +285,6 @@ def _families(host: PluginHost) -> dict[str, str]:
     return {spec.name: spec.family for spec in host.distillers}
 
 
-def _render(suite: SuiteSpec, host: PluginHost, records: list[dict]) -> tuple[str, list[AccuracyPlot], BoardSummary]:
-    """Return the markdown, the plots and the index row of ``suite``'s leaderboard, from ``records`` only."""
-    plan = plan_suite(suite, host, _overrides_in(records))
-    markdown = render_leaderboard(suite, plan, records, _families(host), load_reported())
-    return markdown, leaderboard_plots(suite, plan, records), summarize_leaderboard(suite, plan, records)
-
-
 def _overrides_in(records: list[dict]) -> dict[str, str]:
     """Return the teacher checkpoints a leaderboard's records were produced with (arch → source)."""
     return {
@@ -301,87 +294,125 @@ def _overrides_in(records: list[dict]) -> dict[str, str]:
     }
 
 
-def _board_names(out: Path) -> list[str]:
-    return sorted(p.stem for p in out.glob("*.jsonl"))
+def _is_suite_file(name: str) -> bool:
+    return name.endswith(".toml") or os.sep in name
 
 
-def _board_records(out: Path, suite: SuiteSpec) -> list[dict]:
-    jsonl = out / f"{suite.name}.jsonl"
-    if not jsonl.exists():
-        raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
-    return read_jsonl(jsonl)
+class _Boards:
+    """The leaderboards of one directory: the suite that renders each board, and the index rows so far.
 
+    A board rendered from a suite file keeps a copy of it beside its records (``NAME.suite.toml``), so
+    later commands (another board, ``--check``, the index) can render it without the original file.
+    """
 
-def _board_suite(name: str, host: PluginHost, known: dict[str, SuiteSpec], out: Path) -> SuiteSpec:
-    if name in known:
-        return known[name]
-    if name not in host.suites:
-        raise KdbenchError(
-            f"{out / (name + '.jsonl')}: no registered suite {name!r} renders it; pass --suite PATH.toml"
+    def __init__(self, out: Path, host: PluginHost) -> None:
+        self.out = out
+        self.host = host
+        self.suites: dict[str, SuiteSpec] = {}
+        self.summaries: dict[str, BoardSummary] = {}
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.out.glob("*.jsonl"))
+
+    def named(self, name: str, keep_file: bool = False) -> SuiteSpec:
+        """Return the suite named on the command line (registered, or a file, copied beside the board if asked)."""
+        suite = _suite(name, self.host)
+        if keep_file and _is_suite_file(name):
+            self.out.mkdir(parents=True, exist_ok=True)
+            copy = self.out / f"{suite.name}.suite.toml"
+            copy.write_bytes(Path(name).read_bytes())
+        self.suites[suite.name] = suite
+        return suite
+
+    def suite(self, name: str) -> SuiteSpec:
+        """Return the suite of the board ``name``: given in this command, kept beside the board, or registered."""
+        if name not in self.suites:
+            copy = self.out / f"{name}.suite.toml"
+            if copy.exists():
+                self.suites[name] = load_suite_file(copy)
+            elif name in self.host.suites:
+                self.suites[name] = self.host.suites.get(name)
+            else:
+                raise KdbenchError(
+                    f"{self.out / (name + '.jsonl')}: no registered suite {name!r} renders it and there is no "
+                    f"{copy.name} beside it; pass --suite PATH.toml"
+                )
+        return self.suites[name]
+
+    def records(self, suite: SuiteSpec) -> list[dict]:
+        jsonl = self.out / f"{suite.name}.jsonl"
+        if not jsonl.exists():
+            raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
+        return read_jsonl(jsonl)
+
+    def render(self, suite: SuiteSpec, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
+        """Return the markdown and plots of ``suite``'s board from ``records`` only; remember its index row."""
+        plan = plan_suite(suite, self.host, _overrides_in(records))
+        markdown = render_leaderboard(suite, plan, records, _families(self.host), load_reported())
+        self.summaries[suite.name] = summarize_leaderboard(suite, plan, records)
+        return markdown, leaderboard_plots(suite, plan, records)
+
+    def write(self, suite: SuiteSpec, records: list[dict]) -> None:
+        markdown, plots = self.render(suite, records)
+        path = self.out / f"{suite.name}.md"
+        path.write_text(markdown, encoding="utf-8")
+        touched = write_plots(suite.name, plots, self.out)
+        summary = self.summaries[suite.name]
+        print(
+            f"leaderboard {suite.name}: {summary.stored}/{summary.planned} runs stored → {path}; "
+            f"{len(plots)} plot(s), {len(touched)} plot file(s) updated"
         )
-    return host.suites.get(name)
 
-
-def _render_index(out: Path, host: PluginHost, known: dict[str, SuiteSpec]) -> str | None:
-    """Return the README.md indexing every leaderboard whose records are in ``out`` (None when there is none)."""
-    boards = []
-    for name in _board_names(out):
-        suite = _board_suite(name, host, known, out)
-        records = _board_records(out, suite)
-        boards.append(summarize_leaderboard(suite, plan_suite(suite, host, _overrides_in(records)), records))
-    return render_index(boards) if boards else None
-
-
-def _write_board(suite: SuiteSpec, host: PluginHost, records: list[dict], out: Path) -> None:
-    markdown, plots, summary = _render(suite, host, records)
-    path = out / f"{suite.name}.md"
-    path.write_text(markdown, encoding="utf-8")
-    touched = write_plots(suite.name, plots, out)
-    print(
-        f"leaderboard {suite.name}: {summary.stored}/{summary.planned} runs stored → {path}; "
-        f"{len(plots)} plot(s), {len(touched)} plot file(s) updated"
-    )
+    def index(self) -> str | None:
+        """Return the README.md indexing every board in the directory (None when there is none)."""
+        rows = []
+        for name in self.names():
+            if name not in self.summaries:
+                suite = self.suite(name)
+                records = self.records(suite)
+                plan = plan_suite(suite, self.host, _overrides_in(records))
+                self.summaries[name] = summarize_leaderboard(suite, plan, records)
+            rows.append(self.summaries[name])
+        return render_index(rows) if rows else None
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     host = _host(args)
+    boards = _Boards(args.out, host)
     if args.check:
-        return _check_leaderboards(args, host)
-    known: dict[str, SuiteSpec] = {}
+        return _check_leaderboards(args, boards)
     if args.from_jsonl:
-        names = args.suite or _board_names(args.out)
+        names = args.suite or boards.names()
         if not names:
             raise KdbenchError(f"no leaderboard records (*.jsonl) in {args.out}")
         for name in names:
-            suite = _suite(name, host)
-            known[suite.name] = suite
-            _write_board(suite, host, _board_records(args.out, suite), args.out)
+            suite = boards.named(name, keep_file=True) if args.suite else boards.suite(name)
+            boards.write(suite, boards.records(suite))
     else:
-        _write_from_store(args, host, known)
-    index = _render_index(args.out, host, known)
+        _write_from_store(args, boards)
+    index = boards.index()
     if index is not None:
         (args.out / "README.md").write_text(index, encoding="utf-8")
         print(f"leaderboard index → {args.out / 'README.md'}")
     return 0
 
 
-def _write_from_store(args: argparse.Namespace, host: PluginHost, known: dict[str, SuiteSpec]) -> None:
-    names = args.suite or host.suites.names()
+def _write_from_store(args: argparse.Namespace, boards: _Boards) -> None:
+    names = args.suite or boards.host.suites.names()
     if not args.results.exists():
         raise KdbenchError(f"no results database at {args.results}; run `kdbench run --suite NAME` first")
     with ResultsStore(args.results) as store:
         for name in names:
-            suite = _suite(name, host)
-            known[suite.name] = suite
-            overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
-            wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
+            suite = boards.named(name, keep_file=True)
+            overrides = _teacher_overrides(args, suite, boards.host, strict=bool(args.suite))
+            wanted = {run.run_id for run in plan_suite(suite, boards.host, overrides)}
             jsonl = args.out / f"{suite.name}.jsonl"
             records = _merged_records(store, wanted, jsonl)
             if not records and not args.suite:
                 continue
             args.out.mkdir(parents=True, exist_ok=True)
             write_jsonl(records, jsonl)
-            _write_board(suite, host, read_jsonl(jsonl), args.out)
+            boards.write(suite, read_jsonl(jsonl))
 
 
 def _merged_records(store: ResultsStore, wanted: set[str], jsonl: Path) -> list[dict]:
@@ -413,17 +444,14 @@ def _text_is_fresh(path: Path, expected: str, source: str) -> bool:
     return False
 
 
-def _check_leaderboards(args: argparse.Namespace, host: PluginHost) -> int:
-    names = args.suite or _board_names(args.out)
+def _check_leaderboards(args: argparse.Namespace, boards: _Boards) -> int:
+    names = args.suite or boards.names()
     if not names:
         raise KdbenchError(f"no committed leaderboards (*.jsonl) in {args.out}")
     stale = 0
-    known: dict[str, SuiteSpec] = {}
     for name in names:
-        suite = _suite(name, host)
-        known[suite.name] = suite
-        records = _board_records(args.out, suite)
-        markdown, plots, _ = _render(suite, host, records)
+        suite = boards.named(name) if args.suite else boards.suite(name)
+        markdown, plots = boards.render(suite, boards.records(suite))
         fresh = _text_is_fresh(args.out / f"{suite.name}.md", markdown, f"{suite.name}.jsonl")
         for path, why in stale_plot_files(suite.name, plots, args.out):
             print(f"plot {path}: STALE ({why})")
@@ -433,7 +461,7 @@ def _check_leaderboards(args: argparse.Namespace, host: PluginHost) -> int:
         else:
             stale += 1
             print(f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --from-jsonl --suite {suite.name}`")
-    index = _render_index(args.out, host, known) or ""
+    index = boards.index() or ""
     if _text_is_fresh(args.out / "README.md", index, "every *.jsonl"):
         print(f"leaderboard index {args.out / 'README.md'}: up to date")
     else:

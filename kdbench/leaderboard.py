@@ -709,6 +709,7 @@ def render_index(boards: Iterable[BoardSummary]) -> str:
         "- `<suite>.jsonl`: the run records it is rendered from (one JSON object per line, sorted by run id).",
         "- `<suite>-accuracy-vs-macs.{svg,png}`, `<suite>-accuracy-vs-latency.{svg,png}`: top-1 against cost; "
         "each file carries a digest of the data it draws in its metadata.",
+        "- `<suite>.suite.toml` (boards of unregistered suites only): the suite file the board was rendered from.",
         "- `README.md`: this index.",
         "",
         "## Regenerate and check",

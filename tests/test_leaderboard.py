@@ -402,3 +402,28 @@ def test_a_record_file_without_a_registered_suite_is_named(host, tmp_path, capsy
     write_jsonl([], tmp_path / "nowhere.jsonl")
     assert main(["leaderboard", "--check", "--out", str(tmp_path)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_board_rendered_from_a_suite_file_keeps_it_for_later_commands(
+    host, tiny_suite_file, tmp_path, capsys
+) -> None:
+    tiny = kdbench.load_suite_file(tiny_suite_file)
+    smoke = host.suites.get("smoke")
+    db = tmp_path / "r.sqlite"
+    with ResultsStore(db) as store:
+        for suite in (tiny, smoke):
+            for record in _records(plan_suite(suite, host), lambda run: 90.0):
+                store.put(record)
+    out = tmp_path / "boards"
+    assert main(["leaderboard", "--suite", str(tiny_suite_file), "--results", str(db), "--out", str(out)]) == 0
+    assert (out / "tiny.suite.toml").read_bytes() == tiny_suite_file.read_bytes()
+    tiny_suite_file.unlink()  # later commands render the board from the kept copy
+    assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
+    index = (out / "README.md").read_text(encoding="utf-8")
+    assert "[tiny](tiny.md)" in index and "[smoke](smoke.md)" in index
+    capsys.readouterr()
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("up to date") == 3  # two boards and the index
+    (out / "tiny.suite.toml").unlink()
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 2
+    assert "no registered suite 'tiny' renders it" in capsys.readouterr().err
