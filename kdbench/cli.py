@@ -31,7 +31,6 @@ from kdbench.reports import (
     METRICS,
     compare_records,
     find_run,
-    jsonl_text,
     load_records,
     render_comparison,
     render_run,
@@ -39,7 +38,7 @@ from kdbench.reports import (
     should_fail,
     write_csv,
 )
-from kdbench.results import ResultsStore, read_jsonl, write_jsonl
+from kdbench.results import ResultsStore, jsonl_text, read_jsonl, write_jsonl
 from kdbench.runner import PlannedRun, RunnerOptions, plan_suite, run_suite, select_runs
 from kdbench.scaffold import write_plugin
 from kdbench.specs import SuiteSpec

@@ -32,6 +32,7 @@ __all__ = [
     "cell_stats",
     "leaderboard_plots",
     "load_reported",
+    "mean_std_text",
     "render_index",
     "render_leaderboard",
     "summarize_leaderboard",
@@ -94,9 +95,8 @@ def cell_stats(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def _format(values: Sequence[float], bold: bool) -> str:
-    mean, std, n = cell_stats(values)
-    text = f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
-    return f"**{text}** (n={n})" if bold else f"{text} (n={n})"
+    text = mean_std_text(values)
+    return f"**{text}** (n={len(values)})" if bold else f"{text} (n={len(values)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,9 +435,9 @@ def _pruning_table(table: _Table) -> str | None:
         rows.append(
             [
                 *key,
-                _plain(before),
-                _plain(after),
-                f"{_plain(tuned)} ({labels[key]})" if tuned else "n/a (0)",
+                mean_std_text(before),
+                mean_std_text(after),
+                f"{mean_std_text(tuned)} ({labels[key]})" if tuned else "n/a (0)",
                 f"{cell_stats(tuned or after)[0] - cell_stats(before)[0]:+.2f}",
                 f"{int(old['params']):,} → {int(first['params']):,}",
                 f"{int(old['params']) / max(int(first['params']), 1):.2f}×",
@@ -450,7 +450,8 @@ def _pruning_table(table: _Table) -> str | None:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _plain(values: Sequence[float]) -> str:
+def mean_std_text(values: Sequence[float]) -> str:
+    """Return ``mean ± std`` of ``values`` to two decimals (just the value when there is one)."""
     mean, std, n = cell_stats(values)
     return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
 

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import sqlite3
-import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 from tabulate import tabulate
 
 from kdbench.errors import KdbenchError, ResultsStoreError
+from kdbench.leaderboard import cell_stats, mean_std_text
 from kdbench.results import SQLITE_MAGIC, ResultsStore, read_jsonl
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "compare_records",
     "find_run",
     "flat_row",
-    "jsonl_text",
     "load_records",
     "render_comparison",
     "render_run",
@@ -236,12 +235,6 @@ def select_records(
 # --- export ----------------------------------------------------------------------------------------------------------
 
 
-def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
-    """Return ``records`` as JSON lines sorted by run id, keys sorted: the bytes ``write_jsonl`` writes."""
-    ordered = sorted(records, key=lambda record: record["run_id"])
-    return "".join(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n" for record in ordered)
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
@@ -364,10 +357,6 @@ def _cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str,
     return cells
 
 
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values)
-
-
 def compare_records(
     a: Iterable[Mapping[str, Any]],
     b: Iterable[Mapping[str, Any]],
@@ -388,7 +377,7 @@ def compare_records(
     for key in sorted(set(cells_a) | set(cells_b)):
         values_a, values_b = tuple(cells_a.get(key, ())), tuple(cells_b.get(key, ()))
         if values_a and values_b:
-            delta = _mean(values_b) - _mean(values_a)
+            delta = cell_stats(values_b)[0] - cell_stats(values_a)[0]
             flag = "drift" if abs(delta) > tolerance else ""
         else:
             delta, flag = None, "only A" if values_a else "only B"
@@ -397,11 +386,7 @@ def compare_records(
 
 
 def _stats_text(values: Sequence[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return mean_std_text(values) if values else "—"
 
 
 def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float) -> str:

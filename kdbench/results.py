@@ -32,6 +32,7 @@ __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "ResultsStore",
+    "jsonl_text",
     "open_store",
     "read_jsonl",
     "write_jsonl",
@@ -345,17 +346,11 @@ def open_store(path: Path | str, timeout: float = 30.0) -> ResultsStore:
     return ResultsStore(path, timeout)
 
 
-def _jsonl_line(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """Return ``records`` as JSON lines sorted by run id, keys sorted: same records, same text.
 
-
-def write_jsonl(records: Iterable[Mapping[str, Any]], path: Path | str) -> None:
-    """Write ``records`` to ``path`` as JSON lines sorted by run id, keys sorted: same records, same bytes.
-
-    The file is replaced atomically. Duplicate run ids raise ValueError, since
-    their order would depend on the input's.
+    Duplicate run ids raise ValueError, since their order would depend on the input's.
     """
-    path = Path(path)
     by_id: dict[str, Mapping[str, Any]] = {}
     for record in records:
         run_id = record.get("run_id")
@@ -364,7 +359,13 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: Path | str) -> None:
         if run_id in by_id:
             raise ValueError(f"run {run_id} appears twice")
         by_id[run_id] = record
-    text = "".join(_jsonl_line(by_id[run_id]) + "\n" for run_id in sorted(by_id))
+    return "".join(json.dumps(by_id[run_id], sort_keys=True, ensure_ascii=False) + "\n" for run_id in sorted(by_id))
+
+
+def write_jsonl(records: Iterable[Mapping[str, Any]], path: Path | str) -> None:
+    """Write :func:`jsonl_text` of ``records`` to ``path``, replacing the file atomically."""
+    path = Path(path)
+    text = jsonl_text(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
