@@ -22,7 +22,7 @@ from typing import Any
 from tabulate import tabulate
 
 from kdbench.plots import PLOT_KINDS, AccuracyPlot, PlotPoint, plot_stem
-from kdbench.profile import MACS_CONVENTION
+from kdbench.profile import MACS_CONVENTION, stored_latency_ms
 from kdbench.runner import PlannedRun, student_recipe
 from kdbench.specs import Recipe, SuiteSpec
 
@@ -253,10 +253,7 @@ class _Profiled:
     extras: tuple[str, ...]
 
     def latency_ms(self, batch_size: int) -> float | None:
-        for latency in self.profile.get("latency", []):
-            if int(latency["batch_size"]) == batch_size:
-                return float(latency["median_ms"])
-        return None
+        return stored_latency_ms(self.profile, batch_size)
 
 
 def _profiles(table: _Table) -> dict[str, _Profiled]:

@@ -23,6 +23,7 @@ from tabulate import tabulate
 
 from kdbench.errors import KdbenchError, ResultsStoreError
 from kdbench.leaderboard import cell_stats, mean_std_text
+from kdbench.profile import stored_latency_ms
 from kdbench.results import SQLITE_MAGIC, ResultsStore, read_jsonl
 
 __all__ = [
@@ -239,13 +240,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def _latency(profile: Mapping[str, Any], batch_size: int) -> float | None:
-    for entry in profile.get("latency") or ():
-        if entry.get("batch_size") == batch_size:
-            return entry.get("median_ms")
-    return None
-
-
 def _epochs(config: Mapping[str, Any]) -> int | None:
     if "prune" in config:
         return config["prune"].get("finetune_epochs")
@@ -279,8 +273,8 @@ def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "model_params": profile.get("params"),
         "extra_params": profile.get("extra_params"),
         "macs": profile.get("macs"),
-        "latency_b1_ms": _latency(profile, 1),
-        "latency_b256_ms": _latency(profile, 256),
+        "latency_b1_ms": stored_latency_ms(profile, 1),
+        "latency_b256_ms": stored_latency_ms(profile, 256),
         "device": record.get("device"),
         "wall_seconds": record.get("wall_seconds"),
         "created": record.get("created"),
