@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -82,26 +81,10 @@ CSV_COLUMNS: dict[str, str] = {
 # --- reading sources -------------------------------------------------------------------------------------------------
 
 
-def _has_tables(path: Path) -> bool:
-    """Return whether the SQLite file at ``path`` holds any table, reading it through a read-only connection."""
-    try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
-    try:
-        return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone() is not None
-    except sqlite3.DatabaseError as exc:
-        raise ResultsStoreError(f"{path} is not a kdbench results database (SQLite cannot read it: {exc})") from None
-    finally:
-        connection.close()
-
-
 def _store_records(path: Path, name: str) -> list[dict[str, Any]]:
-    """Return the records of the existing store at ``path`` (``name`` in messages) without creating anything."""
-    if not _has_tables(path):
-        raise ResultsStoreError(f"{name} is an SQLite file without kdbench results (no tables)")
+    """Return the records of the existing store at ``path`` (``name`` in messages) without writing anything."""
     try:
-        with ResultsStore(path) as store:
+        with ResultsStore(path, read_only=True) as store:
             return store.records()
     except ResultsStoreError as exc:
         raise ResultsStoreError(str(exc).replace(str(path), name)) from None

@@ -149,21 +149,44 @@ def _check_version(path: Path, value: Any) -> None:
         raise ResultsStoreError(f"results database {path} has an unknown schema version {version}")
 
 
+def _read_only_connection(path: Path, timeout: float) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    except sqlite3.Error as exc:
+        raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
+
+
 def _inspect_read_only(path: Path, timeout: float) -> None:
     """Validate an existing file through a read-only connection, so a rejected file is never written."""
     if not path.is_file():
         return
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        connection = sqlite3.connect(uri, uri=True, timeout=timeout)
-    except sqlite3.Error as exc:
-        raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
+    connection = _read_only_connection(path, timeout)
     try:
         _validate(path, connection)
     except sqlite3.DatabaseError as exc:
         raise _untouched(path, f"SQLite cannot read it: {exc}") from None
     finally:
         connection.close()
+
+
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """Return a read-only connection to the existing kdbench results database ``path``."""
+    if not path.is_file():
+        raise ResultsStoreError(f"no results database at {path}")
+    _check_header(path)
+    connection = _read_only_connection(path, timeout)
+    try:
+        empty = _validate(path, connection)
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
+    except BaseException:
+        connection.close()
+        raise
+    if empty:
+        connection.close()
+        raise ResultsStoreError(f"{path} is an SQLite file without kdbench results (no tables)")
+    return connection
 
 
 def _now() -> str:
@@ -204,10 +227,15 @@ class ResultsStore:
     An existing file that is not an SQLite database, an SQLite database without
     kdbench's marker, or one written by a newer kdbench raises ResultsStoreError
     and is left byte-identical. Use it as a context manager, or call ``close``.
+    With ``read_only`` the database must already hold kdbench results, and
+    nothing (not even a schema) is ever written to it.
     """
 
-    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path | str, timeout: float = 30.0, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        if read_only:
+            self._connection: sqlite3.Connection | None = _connect_read_only(self.path, timeout)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -215,9 +243,7 @@ class ResultsStore:
         _check_header(self.path)
         _inspect_read_only(self.path, timeout)
         try:
-            self._connection: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None
-            )
+            self._connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
             raise ResultsStoreError(f"cannot open results database {self.path}: {exc}") from None
         try:

@@ -317,3 +317,23 @@ def test_read_jsonl_names_the_file_and_line_of_a_malformed_line(tmp_path: Path, 
 def test_read_jsonl_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ResultsStoreError, match="not found"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_a_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        store.put(_record("run-a"))
+    before = path.read_bytes()
+    with ResultsStore(path, read_only=True) as store:
+        assert [r["run_id"] for r in store.records()] == ["run-a"]
+        with pytest.raises(ResultsStoreError):
+            store.put(_record("run-b"))
+    assert path.read_bytes() == before
+    with pytest.raises(ResultsStoreError, match="no results database at"):
+        ResultsStore(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    with pytest.raises(ResultsStoreError, match="without kdbench results"):
+        ResultsStore(empty, read_only=True)
+    assert empty.read_bytes() == b""
