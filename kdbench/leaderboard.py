@@ -165,8 +165,8 @@ def _cell_text(cell: _Cell, bold: bool, claim: Reported | None, markers: dict[st
     marker = markers.setdefault(claim.source, _superscript(len(markers) + 1))
     text = f"{ours} · paper {claim.top1:.2f}{marker}"
     if cell.values:
-        shown = float(f"{cell_stats(cell.values)[0]:.2f}")  # the delta of the numbers a reader sees
-        text += f" (Δ {round(shown - claim.top1, 2) + 0.0:+.2f})"  # + 0.0: no "-0.00"
+        delta = round(_shown_mean(cell.values) - claim.top1, 2) + 0.0  # of the numbers shown; + 0.0: no "-0.00"
+        text += f" (Δ {delta:+.2f})"
     return text
 
 
@@ -175,7 +175,7 @@ def _superscript(number: int) -> str:
 
 
 def _methods_by_family(plan: Sequence[PlannedRun], families: Mapping[str, str]) -> list[tuple[str, list[str]]]:
-    methods = sorted({r.config["distiller"] for r in plan if r.pair is not None and r.kind == "student"})
+    methods = _method_names(plan)
     groups = []
     for family in (*FAMILY_ORDER, *sorted(set(families.values()) - set(FAMILY_ORDER))):
         names = [m for m in methods if families.get(m, "other") == family]
@@ -211,7 +211,7 @@ def _accuracy_table(
             row = [method]
             for p in pairs:
                 cell = cells[(method, p.label)]
-                is_best = bool(cell.values) and round(cell_stats(cell.values)[0], 2) == best[p.label]
+                is_best = bool(cell.values) and _shown_mean(cell.values) == best[p.label]
                 row.append(_cell_text(cell, is_best and len(methods) > 1, claim(p, _method_key(method)), markers))
             rows.append(row)
     rows.extend(_reference_rows(table, pairs, claims, markers))
@@ -239,8 +239,13 @@ def _reference_rows(
     return rows
 
 
+def _shown_mean(values: Sequence[float]) -> float:
+    """Return the mean as a reader sees it (two decimals): what bold, deltas and winners compare."""
+    return round(cell_stats(values)[0], 2)
+
+
 def _best_mean(cells: Iterable[_Cell]) -> float | None:
-    means = [round(cell_stats(c.values)[0], 2) for c in cells if c.values]
+    means = [_shown_mean(c.values) for c in cells if c.values]
     return max(means) if means else None
 
 
@@ -650,14 +655,12 @@ def _best_per_pair(table: _Table) -> tuple[str, ...]:
     methods = _method_names(table.plan)
     lines = []
     for pair in table.suite.pairs:
-        means = {
-            m: round(cell_stats(c.values)[0], 2) for m in methods if (c := table.method_cell(m, pair.label)).values
-        }
-        if not means:
+        cells = {m: table.method_cell(m, pair.label) for m in methods}
+        top = _best_mean(cells.values())
+        if top is None:
             lines.append(f"{pair.label}: {PENDING}")
             continue
-        top = max(means.values())
-        winners = " / ".join(m for m in methods if means.get(m) == top)
+        winners = " / ".join(m for m, c in cells.items() if c.values and _shown_mean(c.values) == top)
         lines.append(f"{pair.label}: {winners} {top:.2f}")
     return tuple(lines)
 
