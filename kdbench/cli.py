@@ -18,10 +18,9 @@ from kdbench.engine import EngineOptions
 from kdbench.errors import KdbenchError
 from kdbench.leaderboard import (
     BoardSummary,
-    leaderboard_plots,
     load_reported,
+    render_board,
     render_index,
-    render_leaderboard,
     summarize_leaderboard,
 )
 from kdbench.plots import AccuracyPlot, stale_plot_files, write_plots
@@ -347,9 +346,9 @@ class _Boards:
     def render(self, suite: SuiteSpec, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
         """Return the markdown and plots of ``suite``'s board from ``records`` only; remember its index row."""
         plan = plan_suite(suite, self.host, _overrides_in(records))
-        markdown = render_leaderboard(suite, plan, records, _families(self.host), load_reported())
-        self.summaries[suite.name] = summarize_leaderboard(suite, plan, records)
-        return markdown, leaderboard_plots(suite, plan, records)
+        board = render_board(suite, plan, records, _families(self.host), load_reported())
+        self.summaries[suite.name] = board.summary
+        return board.markdown, list(board.plots)
 
     def write(self, suite: SuiteSpec, records: list[dict]) -> None:
         markdown, plots = self.render(suite, records)

@@ -28,11 +28,13 @@ from kdbench.specs import Recipe, SuiteSpec
 
 __all__ = [
     "BoardSummary",
+    "RenderedBoard",
     "Reported",
     "cell_stats",
     "leaderboard_plots",
     "load_reported",
     "mean_std_text",
+    "render_board",
     "render_index",
     "render_leaderboard",
     "summarize_leaderboard",
@@ -114,6 +116,7 @@ class _Table:
         self.rule = "best_top1" if suite.epoch_rule == "best" else "last_top1"
         self.plan = plan
         self.records = records
+        self.memo: dict[str, Any] = {}  # derived views computed once per table (profiles, plots)
 
     def _values(self, runs: Iterable[PlannedRun]) -> _Cell:
         runs = list(runs)
@@ -263,6 +266,12 @@ class _Profiled:
 
 def _profiles(table: _Table) -> dict[str, _Profiled]:
     """Return architecture → its profile, role (teacher, student, pruned) and training-only parameters."""
+    if "profiles" not in table.memo:
+        table.memo["profiles"] = _collect_profiles(table)
+    return table.memo["profiles"]
+
+
+def _collect_profiles(table: _Table) -> dict[str, _Profiled]:
     profiles: dict[str, Mapping[str, Any]] = {}
     roles: dict[str, str] = {}
     extras: dict[str, set[str]] = {}
@@ -535,6 +544,12 @@ def _latency_b1(profiled: _Profiled) -> float | None:
 
 
 def _plots(table: _Table) -> list[AccuracyPlot]:
+    if "plots" not in table.memo:
+        table.memo["plots"] = _plot_specs(table)
+    return table.memo["plots"]
+
+
+def _plot_specs(table: _Table) -> list[AccuracyPlot]:
     name = table.suite.name
     rule = "best" if table.suite.epoch_rule == "best" else "last"
     ylabel = f"top-1 (%), {rule} epoch, mean over seeds"
@@ -588,8 +603,11 @@ def render_leaderboard(
     reported: Iterable[Reported] = (),
 ) -> str:
     """Return the markdown leaderboard of ``suite`` from ``records`` (same inputs → same bytes)."""
-    by_id = {r["run_id"]: r for r in records}
-    table = _Table(suite, plan, by_id)
+    return _markdown(_Table(suite, plan, {r["run_id"]: r for r in records}), families, reported)
+
+
+def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Reported]) -> str:
+    suite = table.suite
     claims = _claims(reported, suite.reference) if suite.reference else {}
     markers: dict[str, str] = {}
     lines = [
@@ -669,7 +687,11 @@ def summarize_leaderboard(
     suite: SuiteSpec, plan: Sequence[PlannedRun], records: Iterable[Mapping[str, Any]]
 ) -> BoardSummary:
     """Return the index row of ``suite``'s leaderboard rendered from ``records``."""
-    table = _Table(suite, plan, {r["run_id"]: r for r in records})
+    return _summary(_Table(suite, plan, {r["run_id"]: r for r in records}))
+
+
+def _summary(table: _Table) -> BoardSummary:
+    suite, plan = table.suite, table.plan
     finished, _, _, planned = _run_counts(table)
     methods = tuple(sorted({r.config["distiller"] for r in plan if r.kind == "student"}))
     plots = tuple(plot.stem for plot in _plots(table))
@@ -724,3 +746,24 @@ def render_index(boards: Iterable[BoardSummary]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedBoard:
+    """Everything a leaderboard shows, from one pass over the records: markdown, plots, index row."""
+
+    markdown: str
+    plots: tuple[AccuracyPlot, ...]
+    summary: BoardSummary
+
+
+def render_board(
+    suite: SuiteSpec,
+    plan: Sequence[PlannedRun],
+    records: Iterable[Mapping[str, Any]],
+    families: Mapping[str, str],
+    reported: Iterable[Reported] = (),
+) -> RenderedBoard:
+    """Return the markdown, plots and index row of ``suite``'s leaderboard (what ``kdbench leaderboard`` writes)."""
+    table = _Table(suite, plan, {r["run_id"]: r for r in records})
+    return RenderedBoard(_markdown(table, families, reported), tuple(_plots(table)), _summary(table))

@@ -16,6 +16,7 @@ from kdbench.leaderboard import (
     cell_stats,
     leaderboard_plots,
     load_reported,
+    render_board,
     render_index,
     render_leaderboard,
     summarize_leaderboard,
@@ -119,6 +120,9 @@ def test_rendering_is_byte_stable_and_independent_of_record_order(host, similar)
     assert render_leaderboard(suite, plan, records, _families(host), load_reported()) == first
     assert [plot.digest for plot in leaderboard_plots(suite, plan, records)] == digests and len(digests) == 2
     assert render_index([summarize_leaderboard(suite, plan, records)]) == index
+    board = render_board(suite, plan, records, _families(host), load_reported())  # what the command writes
+    assert board.markdown == first and [plot.digest for plot in board.plots] == digests
+    assert render_index([board.summary]) == index
     assert "—" not in first.split("## Top-1 accuracy")[1].split("## Efficiency")[0].replace("<br>", "")
 
 
