@@ -14,7 +14,7 @@ import pytest
 from conftest import make_distribution
 
 import kdbench
-from kdbench import hookspecs
+from kdbench import hookspecs, testing
 from kdbench.testing import check_distiller
 
 if sys.version_info >= (3, 11):
@@ -85,6 +85,27 @@ def test_signature_text_is_the_source_text() -> None:
     assert _signature_text(hookspecs.kdbench_epoch_end) == (
         "def kdbench_epoch_end(run: RunInfo, epoch: EpochRecord) -> None"
     )
+
+
+def _call_text(function: object) -> str:
+    """Return ``name(a, *, b=default)``: how the kit's table writes a function's parameters."""
+    parts, star = [], False
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(
+            parameter.name if parameter.default is parameter.empty else f"{parameter.name}={parameter.default!r}"
+        )
+    return f"{function.__name__}({', '.join(parts)})"
+
+
+def test_the_kits_checks_are_documented_with_their_parameters() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    checks = [getattr(testing, name) for name in testing.__all__ if name.startswith("check_")]
+    assert len(checks) == 4
+    missing = [_call_text(check) for check in checks if f"| `{_call_text(check)}` |" not in text]
+    assert not missing, f"docs/writing-plugins.md does not document {missing}"
 
 
 def test_every_hook_is_implemented_by_some_test() -> None:
