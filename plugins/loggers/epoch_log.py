@@ -80,19 +80,26 @@ def _write_metrics(work_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     _replace(work_dir / METRICS_CSV, _csv_text(rows))
 
 
+_rows: dict[Path, list[dict[str, Any]]] = {}  # work dir of a run in progress → the rows logged so far
+
+
 @hookimpl
 def kdbench_run_start(run: RunInfo) -> None:
-    """Drop the summary of an earlier attempt: the run is training again."""
+    """Load the rows an earlier attempt logged (a resumed run continues them); drop its summary."""
     (run.work_dir / SUMMARY_JSON).unlink(missing_ok=True)
+    _rows[run.work_dir] = read_metrics(run.work_dir)
 
 
 @hookimpl
 def kdbench_epoch_end(run: RunInfo, epoch: EpochRecord) -> None:
     """Append the epoch, first dropping its row and every later one if an earlier attempt logged them."""
-    rows = read_metrics(run.work_dir)
+    if run.work_dir not in _rows:  # a run_start this plugin did not see (e.g. enabled mid-run)
+        _rows[run.work_dir] = read_metrics(run.work_dir)
+    rows = _rows[run.work_dir]
     key = (epoch.phase, epoch.epoch)
-    kept = next((rows[:i] for i, row in enumerate(rows) if (row["phase"], row["epoch"]) == key), rows)
-    _write_metrics(run.work_dir, [*kept, _row(run.run_id, epoch)])
+    del rows[next((i for i, row in enumerate(rows) if (row["phase"], row["epoch"]) == key), len(rows)) :]
+    rows.append(_row(run.run_id, epoch))
+    _write_metrics(run.work_dir, rows)
 
 
 @hookimpl
@@ -102,6 +109,7 @@ def kdbench_run_end(run: RunInfo, result: RunResult) -> None:
     The curve also holds epochs no ``epoch_end`` reported: one checkpointed just
     before a kill, and the epoch a diverged run stopped at.
     """
+    _rows.pop(run.work_dir, None)
     if result.curve:
         _write_metrics(run.work_dir, [_row(run.run_id, record) for record in result.curve])
     summary = {
