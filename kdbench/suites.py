@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import fields
@@ -36,6 +37,8 @@ _TOP_LEVEL = {
     "reference": str,
 }
 _REQUIRED = ("name", "description", "dataset", "pairs")
+#: A suite's name names its leaderboard files: no path separators, no leading dot.
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RECIPE_FIELDS = {f.name for f in fields(Recipe)}
 
 
@@ -66,6 +69,11 @@ def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
             raise SuiteError(f"{where}: `{key}` must be a {kind.__name__}, got {type(data[key]).__name__}")
     if data.get("epoch_rule", "best") not in ("best", "last"):
         raise SuiteError(f'{where}: `epoch_rule` must be "best" or "last"')
+    if not SUITE_NAME.fullmatch(data["name"]):
+        raise SuiteError(
+            f"{where}: `name` {data['name']!r} must be letters, digits, '-', '_' or '.', starting with a letter or "
+            "digit (it names the leaderboard files)"
+        )
     recipe = _recipe(data.get("recipe", {}), where, "recipe")
     teacher_recipe = _recipe(data["teacher_recipe"], where, "teacher_recipe") if "teacher_recipe" in data else None
     return SuiteSpec(

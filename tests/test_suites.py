@@ -42,6 +42,9 @@ def test_lr_schedule_decays_after_each_milestone_as_the_reference_code() -> None
         ({"pairs": [{"teacher": "a"}]}, r"pairs\[0\] needs `teacher` and `student`"),
         ({"epoch_rule": "median"}, "epoch_rule"),
         ({"distiller_params": {"kd": 3}}, "distiller_params"),
+        ({"name": "../escaped"}, "`name` '../escaped' must be letters"),  # it names files in --out
+        ({"name": "Bad Name/x"}, "`name` 'Bad Name/x' must be letters"),
+        ({"name": ".hidden"}, "`name` '.hidden' must be letters"),
     ],
 )
 def test_malformed_suites_name_the_problem(change: dict, message: str) -> None:
