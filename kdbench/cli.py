@@ -28,6 +28,7 @@ from kdbench.profile import MACS_CONVENTION, profile_model
 from kdbench.reports import (
     FAIL_ON,
     METRICS,
+    check_export_target,
     compare_records,
     find_run,
     load_records,
@@ -536,6 +537,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_export_target(args.output, args.results)
     records = select_records(load_records(args.results), args.suite, args.status)
     if args.output is None:
         if args.format == "csv":
@@ -544,6 +547,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
             sys.stdout.write(jsonl_text(records))
         return 0
     if args.format == "csv":
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         with args.output.open("w", encoding="utf-8", newline="") as out:
             write_csv(records, out)
     else:

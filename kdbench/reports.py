@@ -30,6 +30,7 @@ __all__ = [
     "FAIL_ON",
     "METRICS",
     "CellDelta",
+    "check_export_target",
     "compare_records",
     "find_run",
     "flat_row",
@@ -203,6 +204,21 @@ def load_records(source: str | Path) -> list[dict[str, Any]]:
             f"{name} not found (give a results database, a .jsonl file, a directory of them or a git REV:PATH)"
         )
     return _tree_records(name) if _git_object_type(name) == "tree" else _blob_records(name)
+
+
+def check_export_target(output: Path, source: str | Path) -> None:
+    """Refuse an export file that would overwrite its source, a results database, or is no writable file path."""
+    if output.is_dir():
+        raise KdbenchError(f"-o {output} is a directory; give a file path")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise KdbenchError(f"-o {output}: {output.parent} is not a directory")
+    if not output.exists():
+        return
+    source_path = Path(source)
+    if source_path.exists() and output.resolve() == source_path.resolve():
+        raise KdbenchError(f"-o {output} is the results source being exported; write to another file")
+    if _is_sqlite(output):
+        raise KdbenchError(f"-o {output} is an SQLite database (results?); refusing to overwrite it")
 
 
 def select_records(

@@ -416,3 +416,25 @@ def test_load_records_reads_store_and_jsonl_alike(tmp_path: Path) -> None:
     db = _store(tmp_path / "r.sqlite", records)
     assert load_records(db) == load_records(_jsonl(tmp_path / "r.jsonl", load_records(db)))
     assert {r["run_id"] for r in load_records(db)} == {r["run_id"] for r in records}
+
+
+def test_export_never_overwrites_its_source_or_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _store(tmp_path / "r.sqlite", _records())
+    board = _jsonl(tmp_path / "board.jsonl", _records())
+    before = {path: path.read_bytes() for path in (db, board)}
+    cases = [
+        (["--results", str(db), "-o", str(db)], "is the results source being exported"),
+        (["--results", str(board), "-o", str(board)], "is the results source being exported"),
+        (["--results", str(board), "-o", str(db)], "is an SQLite database"),
+        (["--results", str(db), "-o", str(tmp_path)], "is a directory"),
+        (["--results", str(db), "-o", str(board / "x.csv")], "is not a directory"),
+    ]
+    for arguments, message in cases:
+        code = main(["results", "export", "--format", "csv", *arguments])
+        _error(capsys, code, message)
+    assert {path: path.read_bytes() for path in before} == before
+    assert (
+        main(["results", "export", "--format", "csv", "--results", str(db), "-o", str(tmp_path / "new" / "x.csv")]) == 0
+    )
+    with (tmp_path / "new" / "x.csv").open(encoding="utf-8", newline="") as exported:
+        assert len(list(csv.DictReader(exported))) == len(_records())
