@@ -314,12 +314,19 @@ class _Boards:
         return sorted(p.stem for p in self.out.glob("*.jsonl"))
 
     def named(self, name: str, keep_file: bool = False) -> SuiteSpec:
-        """Return the suite named on the command line (registered, or a file, copied beside the board if asked)."""
-        suite = _suite(name, self.host)
-        if keep_file and _is_suite_file(name):
+        """Return the suite named on the command line: a file (kept beside its board if asked) or a board's suite.
+
+        With ``keep_file``, naming a registered suite removes a kept copy of a file suite of the same name.
+        """
+        if not _is_suite_file(name):
+            if keep_file and name in self.host.suites:
+                (self.out / f"{name}.suite.toml").unlink(missing_ok=True)
+                self.suites[name] = self.host.suites.get(name)
+            return self.suite(name)
+        suite = load_suite_file(Path(name))
+        if keep_file:
             self.out.mkdir(parents=True, exist_ok=True)
-            copy = self.out / f"{suite.name}.suite.toml"
-            copy.write_bytes(Path(name).read_bytes())
+            (self.out / f"{suite.name}.suite.toml").write_bytes(Path(name).read_bytes())
         self.suites[suite.name] = suite
         return suite
 
@@ -329,8 +336,8 @@ class _Boards:
             copy = self.out / f"{name}.suite.toml"
             if copy.exists():
                 self.suites[name] = load_suite_file(copy)
-            elif name in self.host.suites:
-                self.suites[name] = self.host.suites.get(name)
+            elif name in self.host.suites or not (self.out / f"{name}.jsonl").exists():
+                self.suites[name] = self.host.suites.get(name)  # an unknown name: the registry's error
             else:
                 raise KdbenchError(
                     f"{self.out / (name + '.jsonl')}: no registered suite {name!r} renders it and there is no "
@@ -415,12 +422,20 @@ def _write_from_store(args: argparse.Namespace, boards: _Boards) -> None:
 
 
 def _merged_records(store: ResultsStore, wanted: set[str], jsonl: Path) -> list[dict]:
-    """Return the plan's records: the database's, plus those only the board's ``.jsonl`` already holds.
+    """Return the board's records: the plan's runs from the database, plus every record the ``.jsonl`` holds.
 
-    Rendering from a database that lacks some runs (another machine's, a fresh clone's) never drops
-    results already published in the board; a run in both is taken from the database.
+    Rendering never drops what a board already publishes: runs missing from this database (another
+    machine's, a fresh clone's) and runs the suite no longer plans (a changed recipe) are kept; the
+    board shows only the planned ones. A run in both is taken from the database.
     """
-    published = {r["run_id"]: r for r in read_jsonl(jsonl) if r["run_id"] in wanted} if jsonl.exists() else {}
+    published = {r["run_id"]: r for r in read_jsonl(jsonl)} if jsonl.exists() else {}
+    unplanned = sorted(set(published) - wanted)
+    if unplanned:
+        print(
+            f"leaderboard {jsonl.stem}: kept {len(unplanned)} record(s) in {jsonl} that the suite no longer plans "
+            f"(not shown; delete them from the file to drop them)",
+            file=sys.stderr,
+        )
     for run_id in sorted(wanted):
         record = store.get(run_id)
         if record is not None:
@@ -448,6 +463,7 @@ def _check_leaderboards(args: argparse.Namespace, boards: _Boards) -> int:
     if not names:
         raise KdbenchError(f"no committed leaderboards (*.jsonl) in {args.out}")
     stale = 0
+    where = "" if args.out == Path("leaderboards") else f" --out {args.out}"
     for name in names:
         suite = boards.named(name) if args.suite else boards.suite(name)
         markdown, plots = boards.render(suite, boards.records(suite))
@@ -459,13 +475,15 @@ def _check_leaderboards(args: argparse.Namespace, boards: _Boards) -> int:
             print(f"leaderboard {suite.name}: up to date")
         else:
             stale += 1
-            print(f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --from-jsonl --suite {suite.name}`")
+            print(
+                f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --from-jsonl --suite {suite.name}{where}`"
+            )
     index = boards.index() or ""
     if _text_is_fresh(args.out / "README.md", index, "every *.jsonl"):
         print(f"leaderboard index {args.out / 'README.md'}: up to date")
     else:
         stale += 1
-        print(f"leaderboard index {args.out / 'README.md'}: STALE — run `kdbench leaderboard --from-jsonl`")
+        print(f"leaderboard index {args.out / 'README.md'}: STALE — run `kdbench leaderboard --from-jsonl{where}`")
     return 1 if stale else 0
 
 

@@ -428,6 +428,47 @@ def test_a_board_rendered_from_a_suite_file_keeps_it_for_later_commands(
     capsys.readouterr()
     assert main(["leaderboard", "--check", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("up to date") == 3  # two boards and the index
+    assert main(["leaderboard", "--check", "--suite", "tiny", "--out", str(out)]) == 0  # by name, via the copy
+    assert main(["leaderboard", "--from-jsonl", "--suite", "tiny", "--out", str(out)]) == 0
+    assert (out / "tiny.suite.toml").exists()
+    capsys.readouterr()
     (out / "tiny.suite.toml").unlink()
     assert main(["leaderboard", "--check", "--out", str(out)]) == 2
     assert "no registered suite 'tiny' renders it" in capsys.readouterr().err
+
+
+def test_a_changed_suite_keeps_the_records_it_no_longer_plans(host, tiny_suite_file, tmp_path, capsys) -> None:
+    tiny = kdbench.load_suite_file(tiny_suite_file)
+    db, out = tmp_path / "r.sqlite", tmp_path / "boards"
+    with ResultsStore(db) as store:
+        for record in _records(plan_suite(tiny, host), lambda run: 90.0):
+            store.put(record)
+    assert main(["leaderboard", "--suite", str(tiny_suite_file), "--results", str(db), "--out", str(out)]) == 0
+    published = read_jsonl(out / "tiny.jsonl")
+    tiny_suite_file.write_text(tiny_suite_file.read_text().replace("epochs = 2", "epochs = 3"), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["leaderboard", "--suite", str(tiny_suite_file), "--results", str(db), "--out", str(out)]) == 0
+    assert f"kept {len(published)} record(s)" in capsys.readouterr().err
+    assert read_jsonl(out / "tiny.jsonl") == published  # nothing published is lost
+    (row,) = [line for line in (out / "README.md").read_text(encoding="utf-8").splitlines() if "[tiny]" in line]
+    assert re.search(r"\|\s*0/\d+\s*\|", row)  # the board shows none of them: they are of the old recipe
+
+
+def test_rendering_a_registered_suite_replaces_a_file_suite_of_the_same_name(host, tmp_path) -> None:
+    smoke = host.suites.get("smoke")
+    db, out = tmp_path / "r.sqlite", tmp_path / "boards"
+    with ResultsStore(db) as store:
+        for record in _records(plan_suite(smoke, host), lambda run: 90.0):
+            store.put(record)
+    own = tmp_path / "smoke.toml"
+    own.write_text(
+        (Path(kdbench.__file__).parents[1] / "benchmarks" / "suites" / "smoke.toml")
+        .read_text(encoding="utf-8")
+        .replace("vanilla vs KD", "my copy"),
+        encoding="utf-8",
+    )
+    assert main(["leaderboard", "--suite", str(own), "--results", str(db), "--out", str(out)]) == 0
+    assert (out / "smoke.suite.toml").exists() and "my copy" in (out / "smoke.md").read_text(encoding="utf-8")
+    assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
+    assert not (out / "smoke.suite.toml").exists() and "my copy" not in (out / "smoke.md").read_text(encoding="utf-8")
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 0
