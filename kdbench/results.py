@@ -413,7 +413,7 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
         raise ResultsStoreError(f"result records {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsStoreError(f"cannot read result records {path}: {exc}") from None
-    records = []
+    records, lines = [], {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -423,5 +423,10 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
             raise ResultsStoreError(f"{path}:{number}: malformed JSON line: {exc}") from None
         if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
             raise ResultsStoreError(f"{path}:{number}: not a run record (a JSON object with a string run_id)")
+        if record["run_id"] in lines:
+            raise ResultsStoreError(
+                f"{path}:{number}: run {record['run_id']} appears twice (also on line {lines[record['run_id']]})"
+            )
+        lines[record["run_id"]] = number
         records.append(record)
     return records

@@ -305,6 +305,7 @@ def test_store_records_written_as_jsonl_read_back_equal(tmp_path: Path) -> None:
         ('{"run_id": "a"}\n{"run_id": "b",\n', 2),
         ('{"run_id": "a"}\n\n[1, 2]\n', 3),
         ('{"top1": 1}\n', 1),
+        ('{"run_id": "a", "best_top1": 1}\n{"run_id": "b"}\n{"run_id": "a", "best_top1": 2}\n', 3),  # twice
     ],
 )
 def test_read_jsonl_names_the_file_and_line_of_a_malformed_line(tmp_path: Path, text: str, line: int) -> None:
