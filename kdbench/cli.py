@@ -243,6 +243,19 @@ def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
     print(f"{len(plan)} runs, {sum(r.run_id in done for r in plan)} already stored")
 
 
+def _device(name: str) -> torch.device:
+    """Return the torch device ``--device`` names; an unknown or unavailable one is a KdbenchError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdbenchError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdbenchError(f"--device {name}: no CUDA device is available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise KdbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     host = _host(args)
     suite = _adjust(_suite(args.suite, host), args.seeds, args.epochs)
@@ -254,8 +267,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         done = ResultsStore(args.results).finished_ids() if args.results.exists() else set()
         _print_plan(plan, done)
         return 0
+    for option, path in (("--work-dir", args.work_dir), ("--teacher-root", args.teacher_root)):
+        if path.exists() and not path.is_dir():
+            raise KdbenchError(f"{option} {path} is a file; give a directory")
     engine = EngineOptions(
-        device=torch.device(args.device),
+        device=_device(args.device),
         bf16=args.bf16,
         channels_last=args.channels_last,
         progress=not args.no_progress,
@@ -622,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `kdbench run --dry-run | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a path the user gave that cannot be read or written: its name is in the message
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

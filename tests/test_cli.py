@@ -148,3 +148,26 @@ def test_teacher_set_uses_registered_checkpoints_end_to_end(fake_site: Path, tmp
     text = (boards / "smoke.md").read_text(encoding="utf-8")
     assert "| Teacher " in text and "(n=1)" in text.split("| Teacher ")[1].splitlines()[0]
     assert main(["leaderboard", "--check", "--out", str(boards)]) == 0
+
+
+RUN_TEACHER = ["run", "--suite", "smoke", "-k", "teacher", "--results", "{tmp}/r.sqlite"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([*RUN_TEACHER, "--device", "bogus"], "--device 'bogus' is not a torch device"),
+        ([*RUN_TEACHER, "--work-dir", "{tmp}/a-file"], "--work-dir {tmp}/a-file is a file"),
+        (["new-plugin", "my_thing", "--dir", "{tmp}/a-file"], "Not a directory: '{tmp}/a-file/kdbench-my_thing'"),
+    ],
+)
+def test_unusable_devices_and_paths_are_one_line_errors(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory", encoding="utf-8")
+    assert main([argument.format(tmp=tmp_path) for argument in arguments]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error:")
+    assert message.format(tmp=tmp_path) in lines[0]
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "not a directory"
+    assert not (tmp_path / "r.sqlite").exists()
