@@ -8,12 +8,14 @@ a test that calls :mod:`kdbench.testing`'s contract checks, and a README.
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 import textwrap
 from importlib import metadata
 from pathlib import Path
 
+from kdbench._api import list_distillers
 from kdbench.errors import KdbenchError
 
 __all__ = ["check_plugin_name", "plugin_files", "write_plugin"]
@@ -34,6 +36,10 @@ def check_plugin_name(name: str) -> None:
         if entry_point.name == name:
             dist = entry_point.dist.name if entry_point.dist else "an installed distribution"
             raise KdbenchError(f"plugin name {name!r} is already taken by {dist}; choose another")
+    if importlib.util.find_spec(f"kdbench_{name}") is not None:
+        raise KdbenchError(f"plugin name {name!r}: a package kdbench_{name} is already installed; choose another")
+    if name in list_distillers():  # the skeleton registers a distiller called `name` too
+        raise KdbenchError(f"plugin name {name!r} is already a registered distiller; choose another")
 
 
 def _class_name(name: str) -> str:

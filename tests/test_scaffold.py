@@ -86,6 +86,10 @@ def test_keyword_and_taken_names_are_refused() -> None:
         check_plugin_name("class")
     with pytest.raises(KdbenchError, match="'kd' is already taken by kdbench"):
         plugin_files("kd")
+    with pytest.raises(KdbenchError, match="'sdd_kd' is already a registered distiller"):  # plugin `sdd` has it
+        plugin_files("sdd_kd")
+    with pytest.raises(KdbenchError, match="a package kdbench_plugins is already installed"):
+        plugin_files("plugins")
 
 
 def test_existing_directory_needs_force(tmp_path: Path) -> None:
