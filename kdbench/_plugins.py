@@ -55,9 +55,11 @@ class PluginInfo:
 class Registry(Generic[T]):
     """Specs of one kind by name; refuses duplicates and suggests close names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, unavailable: Iterable[str] = ()) -> None:
         self.kind = kind
         self._specs: dict[str, tuple[T, str]] = {}
+        self.unavailable = tuple(unavailable)
+        """Plugins disabled or broken in this process: an unknown name may belong to one of them."""
 
     def add(self, spec: T, plugin: str) -> None:
         """Register ``spec`` under its name for ``plugin``."""
@@ -89,10 +91,16 @@ class Registry(Generic[T]):
 
     def _unknown_message(self, name: str) -> str:
         message = f"unknown {self.kind[:-1]} {name!r}"
+        if name in self.unavailable:
+            return f"{message}: plugin {name!r} is disabled or failed to load (see `kdbench plugins`)"
         close = difflib.get_close_matches(name, list(self._specs), n=3)
         if close:
-            return f"{message}; did you mean {', '.join(map(repr, close))}?"
-        return f"{message}; see `kdbench list {self.kind}`"
+            message = f"{message}; did you mean {', '.join(map(repr, close))}?"
+        else:
+            message = f"{message}; see `kdbench list {self.kind}`"
+        if self.unavailable:
+            message += f" (not loaded here: plugin(s) {', '.join(self.unavailable)})"
+        return message
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -140,9 +148,10 @@ class PluginHost:
                 specs = self._collect(impl, hook_name, spec_type)
                 collected[kind].extend((impl.plugin_name, spec) for spec in specs)
         failed = {p.name for p in self.plugins if p.status == "failed"}
+        unavailable = sorted(p.name for p in self.plugins if p.status in ("failed", "disabled"))
         registries: dict[str, Registry[Any]] = {}
         for kind, entries in collected.items():
-            registry: Registry[Any] = Registry(kind)
+            registry: Registry[Any] = Registry(kind, unavailable)
             for plugin, spec in entries:
                 if plugin not in failed:
                     registry.add(spec, plugin)

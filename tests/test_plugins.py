@@ -130,6 +130,10 @@ def test_disable_by_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     host = kdbench.create_plugin_host(disabled=["kd"])
     assert "kd" not in host.distillers and "vanilla" in host.distillers
     assert next(p for p in host.plugins if p.name == "kd").status == "disabled"
+    with pytest.raises(UnknownNameError, match="unknown distiller 'kd': plugin 'kd' is disabled"):
+        host.distillers.get("kd")  # not "did you mean 'rkd'": the user disabled it
+    with pytest.raises(UnknownNameError, match=r"\(not loaded here: plugin\(s\) kd\)"):
+        host.distillers.get("kdd")
     monkeypatch.setenv("KDBENCH_DISABLE_PLUGINS", "vanilla, kd")
     host = kdbench.create_plugin_host()
     assert {"vanilla", "kd"}.isdisjoint(host.distillers.names()) and "dkd" in host.distillers
