@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import inspect
 import json
 import platform
 import subprocess
@@ -158,6 +159,37 @@ def _check_names(suite: SuiteSpec, host: PluginHost) -> None:
         raise UnknownNameError(f"{where}: {exc}") from None
 
 
+def _accepted_params(builder: Callable[..., Any]) -> set[str] | None:
+    """Return the hyper-parameters a distiller builder accepts (after student, teacher, context); None: any."""
+    try:
+        parameters = list(inspect.signature(builder).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters[3:] if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _check_params(suite: SuiteSpec, host: PluginHost) -> None:
+    """Refuse parameters a method does not take before any run starts (not as one failed run per seed)."""
+    running = set(_distiller_names(suite, host))
+    tables = [(f"[distiller_params.{name}]", name, values) for name, values in suite.distiller_params.items()]
+    for index, pair in enumerate(suite.pairs):
+        tables += [(f"pairs[{index}].params.{name}", name, values) for name, values in pair.params.items()]
+    for where, name, values in tables:
+        if name not in running:
+            continue
+        spec = host.distillers.get(name)
+        accepted = _accepted_params(spec.builder)
+        unknown = sorted(set(values) - set(spec.defaults) - (accepted or set())) if accepted is not None else []
+        if unknown:
+            known = ", ".join(sorted(set(spec.defaults) | accepted)) or "none"
+            raise KdbenchError(
+                f"suite {suite.name!r}: {where} sets {', '.join(unknown)}, which {name} does not take; "
+                f"its parameters: {known}"
+            )
+
+
 def _prune_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     keys = {"ratio": "ratio", "macs": "target_macs_reduction", "round_to": "round_to", "global": "global_pruning"}
     return {keys[key]: value for key, value in values.items() if key in keys}
@@ -199,6 +231,7 @@ def plan_suite(
 ) -> list[PlannedRun]:
     """Return every run of ``suite`` in execution order: teachers, derived students, students, prune stages."""
     _check_names(suite, host)
+    _check_params(suite, host)
     overrides = teacher_overrides or {}
     teacher_recipe = suite.teacher_recipe or suite.recipe
     vanilla_defaults = host.distillers.get("vanilla").defaults if "vanilla" in host.distillers else {}

@@ -57,6 +57,23 @@ def test_suite_naming_an_unknown_method_is_one_line_error(tmp_path: Path) -> Non
     _one_line_error(_cli("run", "--suite", str(suite), "--dry-run"), "unknown distiller 'kdd'", "'kd'")
 
 
+def test_suite_setting_a_parameter_a_method_does_not_take_is_refused_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'name = "s"\ndescription = "d"\ndataset = "digits"\ndistillers = ["kd"]\n'
+        'pairs = [{teacher = "digits_cnn_l", student = "digits_cnn_s"}]\n'
+        "[distiller_params.kd]\ntemprature = 2.0\n",
+        encoding="utf-8",
+    )
+    results = tmp_path / "r.sqlite"
+    assert main(["run", "--suite", str(suite), "--dry-run", "--results", str(results)]) == 2
+    error = capsys.readouterr().err
+    assert "[distiller_params.kd] sets temprature, which kd does not take" in error and "temperature" in error
+    assert not results.exists()
+
+
 def test_missing_cifar_data_stops_at_once_naming_the_path(tmp_path: Path) -> None:
     result = _cli(
         "run",
