@@ -412,6 +412,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
             boards.write(suite, boards.records(suite))
     else:
         _write_from_store(args, boards)
+    if not boards.summaries:
+        print(f"nothing rendered: {args.results} holds no run of a registered suite (see `kdbench run --dry-run`)")
+        return 0
     index = boards.index()
     if index is not None:
         (args.out / "README.md").write_text(index, encoding="utf-8")
@@ -481,8 +484,11 @@ def _check_leaderboards(args: argparse.Namespace, boards: _Boards) -> int:
     stale = 0
     where = "" if args.out == Path("leaderboards") else f" --out {args.out}"
     for name in names:
-        suite = boards.named(name) if args.suite else boards.suite(name)
-        markdown, plots = boards.render(suite, boards.records(suite))
+        try:
+            suite = boards.named(name) if args.suite else boards.suite(name)
+            markdown, plots = boards.render(suite, boards.records(suite))
+        except KdbenchError as exc:
+            raise KdbenchError(f"leaderboard {name} in {args.out}: {exc}") from None
         fresh = _text_is_fresh(args.out / f"{suite.name}.md", markdown, f"{suite.name}.jsonl")
         for path, why in stale_plot_files(suite.name, plots, args.out):
             print(f"plot {path}: STALE ({why})")

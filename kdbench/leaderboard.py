@@ -374,7 +374,8 @@ def _missing_runs(table: _Table) -> list[str]:
     ]
     missing = sum(len(seeds) for seeds in groups.values())
     lines += [
-        f"{missing} of {len(table.plan)} planned runs have no result: not run yet, failed (retried by the next "
+        f"{missing} of {len(table.plan)} planned runs {'has' if missing == 1 else 'have'} no result: not run yet, "
+        "failed (retried by the next "
         "`kdbench run`) or diverged.",
         "",
         tabulate(
@@ -476,7 +477,8 @@ def _run_counts(table: _Table) -> tuple[int, int, int, int]:
 def _decay(recipe: Recipe) -> str:
     if not recipe.lr_milestones:
         return "constant lr"
-    return f"×{recipe.lr_gamma} at epochs {', '.join(map(str, recipe.lr_milestones))}"
+    at = "epoch" if len(recipe.lr_milestones) == 1 else "epochs"
+    return f"×{recipe.lr_gamma} at {at} {', '.join(map(str, recipe.lr_milestones))}"
 
 
 def _provenance(table: _Table) -> list[str]:

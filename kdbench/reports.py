@@ -434,6 +434,7 @@ def find_run(records: Sequence[Mapping[str, Any]], run_id: str, source: str) -> 
     exact = [r for r in records if r["run_id"] == run_id]
     if exact:
         return dict(exact[0])
+    run_id = run_id.lower()  # run ids are lower-case hex; accept what a reader copied in upper case
     hint = f"list the runs with `kdbench results export --format csv --results {source}`"
     if len(run_id) < MIN_PREFIX:
         raise KdbenchError(f"no run {run_id!r} in {source}; a run id prefix needs at least {MIN_PREFIX} characters")

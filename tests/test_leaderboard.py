@@ -472,3 +472,16 @@ def test_rendering_a_registered_suite_replaces_a_file_suite_of_the_same_name(hos
     assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
     assert not (out / "smoke.suite.toml").exists() and "my copy" not in (out / "smoke.md").read_text(encoding="utf-8")
     assert main(["leaderboard", "--check", "--out", str(out)]) == 0
+
+
+def test_a_board_no_suite_renders_is_named_and_an_empty_store_renders_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "boards"
+    out.mkdir()
+    (out / "gone.jsonl").write_text("", encoding="utf-8")
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 2
+    assert f"leaderboard gone in {out}:" in capsys.readouterr().err
+    db = tmp_path / "r.sqlite"
+    ResultsStore(db).close()
+    assert main(["leaderboard", "--results", str(db), "--out", str(tmp_path / "new")]) == 0
+    assert "nothing rendered" in capsys.readouterr().out
+    assert not (tmp_path / "new").exists()

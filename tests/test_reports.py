@@ -356,6 +356,8 @@ def test_show_by_id_and_by_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     assert main(["show", "aaaa1", "--results", str(db)]) == 0
     assert capsys.readouterr().out == out
+    assert main(["show", "AAAA1", "--results", str(db)]) == 0  # as copied from an upper-cased listing
+    assert capsys.readouterr().out == out
     assert main(["show", "cccc", "--results", str(db)]) == 0
     failed = capsys.readouterr().out
     assert 'boom, "quoted"' in failed
