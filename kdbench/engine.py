@@ -103,8 +103,8 @@ def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    """Return the dict stored at ``path`` (weights only), or raise CheckpointError naming it."""
+def load_state(path: Path, advice: str = "delete it to restart this run from scratch") -> dict[str, Any]:
+    """Return the dict stored at ``path`` (weights only), or raise CheckpointError naming it (and ``advice``)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -113,8 +113,7 @@ def load_state(path: Path) -> dict[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — "
-            "delete it to restart this run from scratch"
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — {advice}"
         ) from None
 
 

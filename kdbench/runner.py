@@ -395,7 +395,7 @@ class _SuiteExecution:
                 )
         else:
             path, state_key = self._teacher_file(ref["checkpoint"])
-        state = load_state(path)
+        state = load_state(path, advice=f"check the checkpoint given for teacher {arch}")
         weights = state.get(state_key, state) if state_key else state
         model = self.host.models.get(arch).builder(num_classes=self.dataset.num_classes)
         try:

@@ -188,3 +188,16 @@ def test_unusable_devices_and_paths_are_one_line_errors(
     assert message.format(tmp=tmp_path) in lines[0]
     assert (tmp_path / "a-file").read_text(encoding="utf-8") == "not a directory"
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_an_unreadable_teacher_checkpoint_is_blamed_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "teacher.pt"
+    checkpoint.write_bytes(b"")
+    arguments = ["run", "--suite", "smoke", "-k", "kd digits_cnn_s seed=0", "--no-progress"]
+    arguments += ["--teacher", f"digits_cnn_l={checkpoint}", "--results", str(tmp_path / "r.sqlite")]
+    assert main([*arguments, "--work-dir", str(tmp_path / "runs")]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot read checkpoint {checkpoint}" in error and "check the checkpoint given for teacher" in error
+    assert "delete it" not in error and checkpoint.read_bytes() == b""  # the user's file: never "delete it"
