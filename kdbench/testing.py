@@ -35,7 +35,7 @@ from kdbench.engine import EngineOptions, TrainedModel, _atomic_save, _Run
 from kdbench.errors import KdbenchError
 from kdbench.features import SIGNALS, FeatureCapture, FeatureTaps
 from kdbench.hookspecs import hookimpl
-from kdbench.runner import _config
+from kdbench.runner import _accepted_params, _config
 from kdbench.specs import AugmentSpec, DatasetSpec, DistillerSpec, ImageData, ModelSpec, PrunerSpec, Recipe, SuiteSpec
 
 __all__ = [
@@ -518,6 +518,16 @@ def _check_resume_is_exact(bench: _DistillerBench, pair: _Pair) -> None:
         _require(not differ, bench.subject, f"after resuming, the {who}'s state differs in {differ[:4]}")
 
 
+def _check_params_taken(subject: str, spec: DistillerSpec, params: Mapping[str, Any]) -> None:
+    accepted = _accepted_params(spec.builder)
+    if accepted is None:  # the builder takes **kwargs
+        return
+    unknown = sorted(set(spec.defaults) - accepted)
+    _require(not unknown, subject, f"spec.defaults name parameters the builder does not take: {unknown}")
+    unknown = sorted(set(params) - accepted)
+    _require(not unknown, subject, f"params {unknown} are not parameters of the method; it takes {sorted(accepted)}")
+
+
 def check_distiller(
     spec: DistillerSpec | str,
     *,
@@ -543,6 +553,7 @@ def check_distiller(
     _require(spec.family in _FAMILIES, subject, f"family must be one of {_FAMILIES}, got {spec.family!r}")
     _check_json(subject, "spec.defaults", spec.defaults)
     _check_json(subject, "params", params or {})
+    _check_params_taken(subject, spec, params or {})
     bench = _DistillerBench(spec, params or {}, steps)
     pair = bench.pair()
     state = bench.state(pair)
