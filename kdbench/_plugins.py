@@ -20,6 +20,8 @@ from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, Sui
 __all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginHost", "PluginInfo", "Registry", "create_plugin_host"]
 
 ENTRY_POINT_GROUP = "kdbench"
+#: The distribution of kdbench's own plugins: on a name clash they keep the name.
+PROJECT_DISTRIBUTION = "kdbench"
 DISABLE_ENV = "KDBENCH_DISABLE_PLUGINS"
 
 #: registry kind → (registration hook, spec type)
@@ -147,6 +149,7 @@ class PluginHost:
             for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
                 specs = self._collect(impl, hook_name, spec_type)
                 collected[kind].extend((impl.plugin_name, spec) for spec in specs)
+        self._refuse_clashes(collected)
         failed = {p.name for p in self.plugins if p.status == "failed"}
         unavailable = sorted(p.name for p in self.plugins if p.status in ("failed", "disabled"))
         registries: dict[str, Registry[Any]] = {}
@@ -159,6 +162,26 @@ class PluginHost:
             registries[kind] = registry
         return registries
 
+    def _refuse_clashes(self, collected: dict[str, list[tuple[str, Any]]]) -> None:
+        """Fail each plugin registering a name another plugin (or itself) already registered.
+
+        kdbench's own plugins are taken first, then the others in load order: a third-party
+        plugin reusing a built-in name is the one reported (``kdbench plugins`` still lists all).
+        """
+        first_party = {p.name for p in self.plugins if p.distribution == PROJECT_DISTRIBUTION}
+        for kind, entries in collected.items():
+            owners: dict[str, str] = {}
+            for plugin, spec in sorted(entries, key=lambda entry: entry[0] not in first_party):
+                if spec.name not in owners:
+                    owners[spec.name] = plugin
+                    continue
+                owner = owners[spec.name]
+                where = "twice" if owner == plugin else f"although plugin {owner!r} registers it"
+                message = f"registers {kind[:-1]} {spec.name!r} {where}"
+                if self.strict:
+                    raise DuplicateNameError(f"plugin {plugin!r} {message}; disable one with -p no:{plugin}")
+                self._fail(plugin, message)
+
     def _collect(self, impl: pluggy.HookImpl, hook_name: str, spec_type: type) -> list[Any]:
         try:
             specs = impl.function()
@@ -167,8 +190,14 @@ class PluginHost:
             return []
         if specs is None:
             return []
-        if not isinstance(specs, (list, tuple)) or not all(isinstance(s, spec_type) for s in specs):
-            self._fail(impl.plugin_name, f"{hook_name} must return a list of {spec_type.__name__}")
+        if not isinstance(specs, (list, tuple)):
+            self._fail(impl.plugin_name, f"{hook_name} must return a list of {spec_type.__name__}, got {specs!r:.80}")
+            return []
+        wrong = [s for s in specs if not isinstance(s, spec_type)]
+        if wrong:
+            self._fail(
+                impl.plugin_name, f"{hook_name} must return a list of {spec_type.__name__}; it holds {wrong[0]!r:.80}"
+            )
             return []
         return list(specs)
 

@@ -517,7 +517,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         if info.observes:
             hooks = ", ".join(hook.removeprefix("kdbench_") for hook in info.observes)
             what = f"{what}; observes: {hooks}" if what else f"observes: {hooks}"
-        detail = what if info.status == "loaded" else info.error or info.status
+        detail = what if info.status == "loaded" else info.error
         rows.append([info.name, f"{info.distribution} {info.version}".strip(), info.status, detail])
     print(tabulate(rows, headers=["plugin", "distribution", "status", "registers"], tablefmt="simple"))
     return 0

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 Family = Literal["baseline", "logit", "feature"]
+#: The leaderboard groups a distiller can belong to.
+FAMILIES: tuple[str, ...] = ("baseline", "logit", "feature")
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -119,6 +121,10 @@ class DistillerSpec:
     needs_teacher: bool = True
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"distiller {self.name!r}: family must be one of {', '.join(FAMILIES)}, got {self.family!r}"
+            )
         object.__setattr__(self, "defaults", _frozen(self.defaults))
 
 

@@ -115,12 +115,16 @@ def test_registration_that_raises_or_returns_garbage_is_named(fake_site: Path) -
         kdbench.create_plugin_host(strict=True).models  # noqa: B018
 
 
-def test_duplicate_names_name_both_plugins(fake_site: Path) -> None:
+def test_a_plugin_reusing_a_name_fails_and_names_both_plugins(fake_site: Path) -> None:
     clash = GOOD_PLUGIN.replace('"kd_fake"', '"kd"')
     make_distribution(fake_site, "kdbench-clash", "0.1", {"clash": "kdbench_fake_clash"}, {"kdbench_fake_clash": clash})
     host = kdbench.create_plugin_host()
-    with pytest.raises(DuplicateNameError, match="'kd'.*plugin 'clash'.*plugin 'kd'|'kd'.*plugin 'kd'.*plugin 'clash'"):
-        host.distillers  # noqa: B018
+    # The built-in keeps its name; the newcomer is reported (and `kdbench plugins` etc. still work).
+    assert host.distillers.owner("kd") == "kd" and "vanilla" in host.distillers
+    info = next(p for p in host.plugins if p.name == "clash")
+    assert info.status == "failed" and info.error == "registers distiller 'kd' although plugin 'kd' registers it"
+    with pytest.raises(DuplicateNameError, match="plugin 'clash' registers distiller 'kd' although plugin 'kd'"):
+        kdbench.create_plugin_host(strict=True).distillers  # noqa: B018
     # Disabling either side resolves it.
     assert kdbench.create_plugin_host(disabled=["clash"]).distillers.owner("kd") == "kd"
     assert kdbench.create_plugin_host(disabled=["kd"]).distillers.owner("kd") == "clash"
@@ -186,3 +190,34 @@ def test_public_api_is_small_and_complete() -> None:
 def test_two_plugins_with_one_name_are_refused() -> None:
     with pytest.raises(PluginError, match="two plugins are named 'kd': one from kdbench, one from"):
         kdbench.create_plugin_host(plugins=[("kd", object())])
+
+
+TWICE_PLUGIN = """
+    from kdbench import DistillerSpec, hookimpl
+    from kdbench_plugins.distillers.kd import KD
+
+    @hookimpl
+    def kdbench_register_distillers():
+        spec = DistillerSpec(name="kd_fake", builder=KD, description="a third-party KD", citation="fake 2026")
+        return [spec, spec]
+"""
+
+
+def test_a_plugin_registering_one_name_twice_fails(fake_site: Path) -> None:
+    make_distribution(
+        fake_site, "kdbench-twice", "0.1", {"twice": "kdbench_fake_twice"}, {"kdbench_fake_twice": TWICE_PLUGIN}
+    )
+    host = kdbench.create_plugin_host()
+    assert "kd_fake" not in host.distillers  # registrations are collected on first use
+    info = next(p for p in host.plugins if p.name == "twice")
+    assert (info.status, info.error) == ("failed", "registers distiller 'kd_fake' twice")
+    assert "kd_fake" not in host.distillers and "kd" in host.distillers
+
+
+def test_a_spec_with_an_unknown_family_fails_its_plugin(fake_site: Path) -> None:
+    source = GOOD_PLUGIN.replace("DistillerSpec(", 'DistillerSpec(family="logits", ', 1)
+    make_distribution(fake_site, "kdbench-fam", "0.1", {"fam": "kdbench_fake_fam"}, {"kdbench_fake_fam": source})
+    host = kdbench.create_plugin_host()
+    assert "kd_fake" not in host.distillers  # registrations are collected on first use
+    info = next(p for p in host.plugins if p.name == "fam")
+    assert info.status == "failed" and "family must be one of baseline, logit, feature, got 'logits'" in info.error
