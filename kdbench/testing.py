@@ -55,7 +55,6 @@ TINY_WIDTHS: dict[str, tuple[int, int, int, int]] = {
     "tiny_teacher": (16, 16, 32, 64),
     "tiny_student": (8, 8, 16, 32),
 }
-_FAMILIES = ("baseline", "logit", "feature")
 _BATCH = 8
 _TEACHER_SEED = 123
 
@@ -524,6 +523,12 @@ def _check_params_taken(subject: str, spec: DistillerSpec, params: Mapping[str, 
         return
     unknown = sorted(set(spec.defaults) - accepted)
     _require(not unknown, subject, f"spec.defaults name parameters the builder does not take: {unknown}")
+    undeclared = sorted(accepted - set(spec.defaults))
+    _require(
+        not undeclared,
+        subject,
+        f"the builder takes {undeclared}, missing from spec.defaults (defaults are what run ids and results record)",
+    )
     unknown = sorted(set(params) - accepted)
     _require(not unknown, subject, f"params {unknown} are not parameters of the method; it takes {sorted(accepted)}")
 
@@ -550,7 +555,6 @@ def check_distiller(
     spec = _resolve("distillers", spec, host, DistillerSpec)
     subject = f"distiller {spec.name!r}"
     _check_described(subject, spec)
-    _require(spec.family in _FAMILIES, subject, f"family must be one of {_FAMILIES}, got {spec.family!r}")
     _check_json(subject, "spec.defaults", spec.defaults)
     _check_json(subject, "params", params or {})
     _check_params_taken(subject, spec, params or {})

@@ -203,6 +203,12 @@ class GlobalTorchNoise(_KD):
         return {"ce": (1 + noise) * F.cross_entropy(student.logits, batch.targets)}
 
 
+class WithWarmup(_KD):
+    def __init__(self, student, teacher, context, warmup: int = 5) -> None:
+        super().__init__(student, teacher, context)
+        self.warmup = warmup
+
+
 class NaNLoss(_KD):
     def loss_terms(self, student, teacher, batch, progress):
         return {"ce": F.cross_entropy(student.logits, batch.targets) * float("nan")}
@@ -230,13 +236,18 @@ class CrashesOnWidths(_KD):
         (_KD, {"defaults": {"weight": torch.tensor(1.0)}}, "spec.defaults must be JSON data"),
         (_KD, {"citation": ""}, "needs a `citation`"),
         (_KD, {"defaults": {"weight": 1.0}}, r"spec.defaults name parameters the builder does not take: \['weight'\]"),
-        (_KD, {"family": "magic"}, "family must be one of"),
+        (WithWarmup, {}, r"the builder takes \['warmup'\], missing from spec.defaults"),
     ],
 )
 def test_broken_distillers_are_caught(builder: type, fields: dict, message: str) -> None:
     spec = _spec(builder, **fields)
     with pytest.raises(AssertionError, match=rf"distiller '{spec.name}'.*{message}"):
         check_distiller(spec)
+
+
+def test_an_unknown_family_is_refused_when_the_spec_is_made() -> None:
+    with pytest.raises(ValueError, match="family must be one of baseline, logit, feature, got 'magic'"):
+        _spec(_KD, family="magic")
 
 
 def test_a_sound_distiller_passes_and_params_reach_it() -> None:
