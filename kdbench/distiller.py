@@ -33,6 +33,7 @@ from typing import Any, ClassVar, final
 import torch
 from torch import nn
 
+from kdbench.errors import KdbenchError
 from kdbench.features import Signals
 from kdbench.specs import AugmentSpec
 
@@ -203,6 +204,11 @@ class Distiller(nn.Module):
     def step(self, terms: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         """Minimise the summed terms by one optimiser step (default: one backward of the sum)."""
         loss = torch.stack([term.float() for term in terms.values()]).sum()
+        if not loss.requires_grad:  # a Python attribute: no host sync
+            raise KdbenchError(
+                f"{type(self).__name__}: none of the loss terms {sorted(terms)} depends on a trained parameter "
+                "(detached, or computed from the teacher alone)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

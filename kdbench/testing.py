@@ -463,10 +463,12 @@ def _check_fits_a_batch(bench: _DistillerBench, pair: _Pair, steps: int) -> None
         teacher_capture = FeatureCapture(state.teacher.module, teacher_signals)
     known = {id(p) for p in (*state.student.parameters(), *state.distiller.parameters())}
     stray: list[tuple[int, ...]] = []
+    detached: set[str] = set()
     original_step = state.distiller.step
 
     def inspecting_step(terms: Mapping[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
         stray.extend(tuple(t.shape) for t in _graph_leaves(terms) if id(t) not in known)
+        detached.update(n for n, t in terms.items() if not any(id(v) in known for v in _graph_leaves({n: t})))
         original_step(terms, opt)
 
     state.student.train()
@@ -494,6 +496,12 @@ def _check_fits_a_batch(bench: _DistillerBench, pair: _Pair, steps: int) -> None
         subject,
         f"the loss trains tensors of shapes {stray[:3]} that are neither the student's nor registered in the "
         "distiller (assign modules and nn.Parameters as attributes, not in plain lists or dicts)",
+    )
+    _require(
+        not detached,
+        subject,
+        f"loss term(s) {sorted(detached)} do not depend on the student or the method's own parameters "
+        "(detached, or computed from the teacher alone): they cannot train anything",
     )
     _require(losses[-1] < losses[0], subject, f"the summed loss did not decrease on a fixed batch: {losses}")
 

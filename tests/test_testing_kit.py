@@ -203,6 +203,21 @@ class GlobalTorchNoise(_KD):
         return {"ce": (1 + noise) * F.cross_entropy(student.logits, batch.targets)}
 
 
+class TeacherOnlyTerm(_KD):
+    """A typo computes the soft-target term from the teacher alone; CE still trains the student."""
+
+    def loss_terms(self, student, teacher, batch, progress):
+        return {
+            "ce": F.cross_entropy(student.logits, batch.targets),
+            "kd": kd_loss(teacher.logits, teacher.logits.flip(0), 4),
+        }
+
+
+class AllDetached(_KD):
+    def loss_terms(self, student, teacher, batch, progress):
+        return {"ce": F.cross_entropy(student.logits.detach(), batch.targets)}
+
+
 class WithWarmup(_KD):
     def __init__(self, student, teacher, context, warmup: int = 5) -> None:
         super().__init__(student, teacher, context)
@@ -237,6 +252,8 @@ class CrashesOnWidths(_KD):
         (_KD, {"citation": ""}, "needs a `citation`"),
         (_KD, {"defaults": {"weight": 1.0}}, r"spec.defaults name parameters the builder does not take: \['weight'\]"),
         (WithWarmup, {}, r"the builder takes \['warmup'\], missing from spec.defaults"),
+        (AllDetached, {}, r"AllDetached: none of the loss terms \['ce'\] depends on a trained parameter"),
+        (TeacherOnlyTerm, {}, r"loss term\(s\) \['kd'\] do not depend on the student or the method's own"),
     ],
 )
 def test_broken_distillers_are_caught(builder: type, fields: dict, message: str) -> None:
