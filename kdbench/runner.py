@@ -9,6 +9,7 @@ import inspect
 import json
 import platform
 import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from kdbench._plugins import PluginHost
 from kdbench.augment import normalize
 from kdbench.derived import parse_derived
 from kdbench.engine import CHECKPOINT_NAME, FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
-from kdbench.errors import CheckpointError, KdbenchError, UnknownNameError
+from kdbench.errors import CheckpointError, KdbenchError, PluginError, UnknownNameError
 from kdbench.profile import device_name, profile_model
 from kdbench.pruning import (
     PruneSettings,
@@ -599,7 +600,10 @@ class _SuiteExecution:
         if result.status != "failed":
             # Stored for good: the resume state is no longer needed (final weights stay).
             (info.work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-        self.host.notify("kdbench_run_end", run=info, result=result)
+        try:
+            self.host.notify("kdbench_run_end", run=info, result=result)
+        except PluginError as exc:  # the result is stored: an observer's failure must not stop the suite
+            print(f"kdbench: warning: run {run.run_id}: {exc} (its result is stored)", file=sys.stderr)
         return result
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_distribution
 
 from kdbench.cli import main
 from kdbench.runner import plan_suite
@@ -143,7 +144,6 @@ TEACHER_SET = """
 
 def test_teacher_set_uses_registered_checkpoints_end_to_end(fake_site: Path, tmp_path: Path, capsys) -> None:
     import torch
-    from conftest import make_distribution
 
     import kdbench
 
@@ -201,3 +201,26 @@ def test_an_unreadable_teacher_checkpoint_is_blamed_and_kept(
     error = capsys.readouterr().err
     assert f"cannot read checkpoint {checkpoint}" in error and "check the checkpoint given for teacher" in error
     assert "delete it" not in error and checkpoint.read_bytes() == b""  # the user's file: never "delete it"
+
+
+RAISING_OBSERVER = """
+    from kdbench import hookimpl
+
+    @hookimpl
+    def kdbench_run_end(run, result):
+        raise ConnectionError("tracker unreachable")
+"""
+
+
+def test_an_observer_raising_at_run_end_warns_and_the_suite_goes_on(
+    fake_site: Path, tiny_suite_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_distribution(
+        fake_site, "kdbench-obs", "0.1", {"obs": "kdbench_fake_obs"}, {"kdbench_fake_obs": RAISING_OBSERVER}
+    )
+    arguments = ["run", "--suite", str(tiny_suite_file), "--no-progress", "--results", str(tmp_path / "r.sqlite")]
+    assert main([*arguments, "--work-dir", str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    assert "3 finished, 0 diverged, 0 failed" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "plugin 'obs' raised in kdbench_run_end" in line]
+    assert len(warnings) == 3 and all("(its result is stored)" in line for line in warnings)
