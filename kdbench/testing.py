@@ -217,6 +217,11 @@ def _resolve(kind: str, spec: Any, host: PluginHost | None, spec_type: type) -> 
         host = host if host is not None else create_plugin_host()
         registry = host.registry(kind)
         if spec not in registry:
+            broken = {info.name: info for info in host.plugins if info.status != "loaded"}
+            if spec in broken:  # the usual case: a plugin named like its method failed to load
+                info = broken[spec]
+                why = info.error if info.status == "failed" else "by -p no:NAME or KDBENCH_DISABLE_PLUGINS"
+                raise AssertionError(f"plugin {spec!r} is installed but {info.status}: {why}")
             problems = "".join(f"; {line}" for line in host.problems)
             raise AssertionError(
                 f"no {kind[:-1]} named {spec!r} is registered (registered: {', '.join(registry.names()) or 'none'}); "

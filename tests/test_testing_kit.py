@@ -294,6 +294,9 @@ def test_names_are_looked_up_among_installed_plugins(host: kdbench.PluginHost) -
         check_distiller("kdd", host=host)
     with pytest.raises(AssertionError, match="no model named 'resnet9'"):
         check_model("resnet9", host=host)
+    disabled = kdbench.create_plugin_host(disabled=["dkd"])
+    with pytest.raises(AssertionError, match="plugin 'dkd' is installed but disabled"):
+        check_distiller("dkd", host=disabled)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
