@@ -162,3 +162,12 @@ def test_worked_example_installs_and_passes_its_own_tests(
     assert len(names) == 3
     for name in names:
         getattr(tests, name)()
+
+
+def test_the_suite_example_for_plugin_tests_runs(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    (example,) = [block for block in blocks if "def test_my_method_runs_a_suite" in block]
+    namespace: dict[str, object] = {}
+    exec(example.replace('"my_method"', '"kd"'), namespace)  # a first-party method stands in for yours
+    namespace["test_my_method_runs_a_suite"](tmp_path)
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # the vanilla-trained teacher, then the method
