@@ -331,13 +331,23 @@ class _DistillerBench:
             except AssertionError:
                 raise
             except Exception as exc:
-                raise AssertionError(
-                    f"{self.subject}: building it for {pair.teacher}→{pair.student} with params {self.params} raised "
-                    f"{type(exc).__name__}: {exc}; a pair the method cannot handle must be refused with a "
-                    "kdbench.KdbenchError naming the reason"
-                ) from exc
+                raise AssertionError(self._build_failure(pair, exc)) from exc
             return pair
         raise AssertionError(f"{self.subject}: refuses every tiny pair, even equal widths: {'; '.join(refusals)}")
+
+    def _build_failure(self, pair: _Pair, exc: Exception) -> str:
+        """Say why building failed: the pair's widths only if the equal-width pair builds."""
+        what = f"building it for {pair.teacher}→{pair.student} with params {self.params} raised {type(exc).__name__}"
+        if pair != _PAIRS[-1]:
+            try:
+                self.state(_PAIRS[-1])
+            except Exception:  # fails whatever the widths: not about the pair
+                return f"{self.subject}: {what}: {exc}"
+            return (
+                f"{self.subject}: {what}: {exc}; it builds on equal widths, so a pair it cannot handle must be "
+                "refused with a kdbench.KdbenchError naming the reason"
+            )
+        return f"{self.subject}: {what}: {exc}"
 
 
 def _check_parts_are_its_own(subject: str, state: _Run) -> None:
