@@ -770,6 +770,12 @@ def check_model(spec: ModelSpec | str, *, host: PluginHost | None = None, num_cl
         _require(
             torch.equal(twin.eval()(x), logits), subject, "a state_dict round trip must reproduce the outputs exactly"
         )
+    other = num_classes + 3  # a builder that ignores num_classes passes when it equals the model's own default
+    with _rule(subject, f"builder(num_classes={other}) must build the model"), torch.no_grad():
+        shape = tuple(spec.builder(num_classes=other).eval()(x).shape)
+    _require(
+        shape == (2, other), subject, f"builder(num_classes={other}) gives outputs of shape {shape}, not (2, {other})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -337,6 +337,10 @@ class _Dropout(TinyNet):
         ),
         (lambda num_classes=10: nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes)), "needs a `feature_taps`"),
         (lambda num_classes=10: _Dropout((4, 4, 4, 4), num_classes), "two eval-mode forward passes"),
+        (
+            lambda num_classes=10: tiny_model("tiny_student"),
+            r"builder\(num_classes=13\) gives outputs of shape \(2, 10\)",
+        ),
     ],
 )
 def test_broken_models_are_caught(builder, message: str) -> None:
