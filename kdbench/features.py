@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, final
 
 import torch
 from torch import nn
+
+from kdbench.errors import KdbenchError
 
 __all__ = ["SIGNALS", "FeatureCapture", "FeatureTaps", "Signals"]
 
@@ -48,6 +50,22 @@ class Signals:
     feats: list[torch.Tensor] = field(default_factory=list)
     preact: list[torch.Tensor] = field(default_factory=list)
     embedding: torch.Tensor | None = None
+
+
+class _NotRequested(list):
+    """Stands in for a signal a distiller did not request: reading it says which declaration is missing."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def _refuse(self, *_: object) -> Any:
+        raise KdbenchError(
+            f"signal {self.name!r} was not captured: add it to the distiller's student_signals / teacher_signals "
+            "(or to what its signals() returns for this phase)"
+        )
+
+    __getitem__ = __iter__ = __len__ = _refuse
 
 
 def _taps_of(model: nn.Module) -> FeatureTaps:
@@ -105,7 +123,7 @@ class FeatureCapture:
     def __call__(self, images: torch.Tensor) -> Signals:
         """Run the model and return its logits with the requested signals."""
         logits = self.model(images)
-        signals = Signals(logits=logits)
+        signals = Signals(logits=logits, feats=_NotRequested("feats"), preact=_NotRequested("preact"))
         if "feats" in self.wanted:
             signals.feats = [self._outputs[i] for i in range(self._stage_count)]
         if "preact" in self.wanted:
@@ -143,9 +161,14 @@ def concat_signals(parts: list[Signals]) -> Signals:
     def join(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
         return None if tensors[0] is None else torch.cat(tensors)  # type: ignore[arg-type]
 
+    def stages(lists: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        if isinstance(lists[0], _NotRequested):
+            return lists[0]
+        return [torch.cat(stage) for stage in zip(*lists)]
+
     return Signals(
         logits=torch.cat([p.logits for p in parts]),
-        feats=[torch.cat(stage) for stage in zip(*(p.feats for p in parts))],
-        preact=[torch.cat(stage) for stage in zip(*(p.preact for p in parts))],
+        feats=stages([p.feats for p in parts]),
+        preact=stages([p.preact for p in parts]),
         embedding=join([p.embedding for p in parts]),
     )

@@ -218,6 +218,11 @@ class AllDetached(_KD):
         return {"ce": F.cross_entropy(student.logits.detach(), batch.targets)}
 
 
+class ReadsUndeclaredFeats(_KD):
+    def loss_terms(self, student, teacher, batch, progress):  # only logits are declared (the default)
+        return {"ce": F.cross_entropy(student.logits, batch.targets), "hint": student.feats[-1].pow(2).mean()}
+
+
 class WithWarmup(_KD):
     def __init__(self, student, teacher, context, warmup: int = 5) -> None:
         super().__init__(student, teacher, context)
@@ -253,6 +258,7 @@ class CrashesOnWidths(_KD):
         (_KD, {"defaults": {"weight": 1.0}}, r"spec.defaults name parameters the builder does not take: \['weight'\]"),
         (WithWarmup, {}, r"the builder takes \['warmup'\], missing from spec.defaults"),
         (AllDetached, {}, r"AllDetached: none of the loss terms \['ce'\] depends on a trained parameter"),
+        (ReadsUndeclaredFeats, {}, r"signal 'feats' was not captured: add it to the distiller's student_signals"),
         (TeacherOnlyTerm, {}, r"loss term\(s\) \['kd'\] do not depend on the student or the method's own"),
     ],
 )
