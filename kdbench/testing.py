@@ -723,6 +723,13 @@ def _check_taps(subject: str, model: nn.Module, x: torch.Tensor, num_classes: in
             f"stage tap {index} ({name!r}) must map a B×C×H×W preact to a feature of the same shape, "
             f"got {tuple(preact.shape)} → {tuple(feat.shape)}",
         )
+        rectified_in_place = torch.equal(feat, preact) and bool((feat >= 0).all()) and bool((feat == 0).any())
+        _require(
+            not rectified_in_place,
+            subject,
+            f"stage tap {index} ({name!r}): the captured pre-activation equals the rectified output; the stage's "
+            "last ReLU must not be in-place (nn.ReLU(inplace=True) overwrites the tensor preact reads)",
+        )
         if taps.bn_before_relu:
             bn = modules[taps.bn_before_relu[index]]
             _require(

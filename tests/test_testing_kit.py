@@ -309,6 +309,13 @@ def test_names_are_looked_up_among_installed_plugins(host: kdbench.PluginHost) -
 # Broken models, pruners and datasets are caught
 
 
+def _in_place_stage_relus(num_classes: int = 10) -> nn.Module:
+    model = tiny_model("tiny_student", num_classes)
+    for stage in (model.stage1, model.stage2, model.stage3):
+        stage.relu_out.inplace = True
+    return model
+
+
 def _model_spec(builder, name: str = "broken_model") -> ModelSpec:
     return ModelSpec(name=name, builder=builder, description="a broken model", citation="test")
 
@@ -347,6 +354,7 @@ class _Dropout(TinyNet):
             lambda num_classes=10: tiny_model("tiny_student"),
             r"builder\(num_classes=13\) gives outputs of shape \(2, 10\)",
         ),
+        (_in_place_stage_relus, r"stage tap 1 \('stage1.relu_out'\): the captured pre-activation equals"),
     ],
 )
 def test_broken_models_are_caught(builder, message: str) -> None:
