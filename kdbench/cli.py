@@ -367,10 +367,13 @@ class _Boards:
             raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
         return read_jsonl(jsonl)
 
+    def _plan(self, suite: SuiteSpec, records: list[dict]) -> list[PlannedRun]:
+        """Return the suite's plan with the teacher checkpoints its records were produced with."""
+        return plan_suite(suite, self.host, _overrides_in(records))
+
     def render(self, suite: SuiteSpec, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
         """Return the markdown and plots of ``suite``'s board from ``records`` only; remember its index row."""
-        plan = plan_suite(suite, self.host, _overrides_in(records))
-        board = render_board(suite, plan, records, _families(self.host), load_reported())
+        board = render_board(suite, self._plan(suite, records), records, _families(self.host), load_reported())
         self.summaries[suite.name] = board.summary
         return board.markdown, list(board.plots)
 
@@ -392,8 +395,7 @@ class _Boards:
             if name not in self.summaries:
                 suite = self.suite(name)
                 records = self.records(suite)
-                plan = plan_suite(suite, self.host, _overrides_in(records))
-                self.summaries[name] = summarize_leaderboard(suite, plan, records)
+                self.summaries[name] = summarize_leaderboard(suite, self._plan(suite, records), records)
             rows.append(self.summaries[name])
         return render_index(rows) if rows else None
 

@@ -156,17 +156,23 @@ def _read_only_connection(path: Path, timeout: float) -> sqlite3.Connection:
         raise ResultsStoreError(f"cannot open results database {path}: {exc}") from None
 
 
-def _inspect_read_only(path: Path, timeout: float) -> None:
-    """Validate an existing file through a read-only connection, so a rejected file is never written."""
-    if not path.is_file():
-        return
+def _validated_read_only(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool]:
+    """Return a read-only connection to the SQLite file ``path`` once it is validated, and whether it is empty."""
     connection = _read_only_connection(path, timeout)
     try:
-        _validate(path, connection)
+        return connection, _validate(path, connection)
     except sqlite3.DatabaseError as exc:
-        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
-    finally:
         connection.close()
+        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _inspect_read_only(path: Path, timeout: float) -> None:
+    """Validate an existing file through a read-only connection, so a rejected file is never written."""
+    if path.is_file():
+        _validated_read_only(path, timeout)[0].close()
 
 
 def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
@@ -174,15 +180,7 @@ def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     if not path.is_file():
         raise ResultsStoreError(f"no results database at {path}")
     _check_header(path)
-    connection = _read_only_connection(path, timeout)
-    try:
-        empty = _validate(path, connection)
-    except sqlite3.DatabaseError as exc:
-        connection.close()
-        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
-    except BaseException:
-        connection.close()
-        raise
+    connection, empty = _validated_read_only(path, timeout)
     if empty:
         connection.close()
         raise ResultsStoreError(f"{path} is an SQLite file without kdbench results (no tables)")
