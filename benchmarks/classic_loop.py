@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kdbench_plugins.distillers.kd import kd_loss
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from kdbench.losses import kd_loss
 
 __all__ = ["ClassicKDLoop", "SyntheticCIFAR", "train_transform"]
 

@@ -7,6 +7,7 @@ the device time of its steps. Run with ``make bench``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,8 @@ from classic_loop import ClassicKDLoop, SyntheticCIFAR, train_transform
 
 import kdbench
 from kdbench import DatasetSpec, PairSpec, Recipe, SuiteSpec, hookimpl
-from kdbench.engine import EngineOptions, TrainedModel, _Run
-from kdbench.runner import plan_suite
+from kdbench.engine import EngineOptions, RunState, TrainedModel
+from kdbench.plan import plan_suite
 
 if TYPE_CHECKING:
     from conftest import BenchSettings
@@ -42,7 +43,7 @@ class _SyntheticDatasetPlugin:
         return [self.spec]
 
 
-def _engine_run(dataset: DatasetSpec, options: EngineOptions, batch_size: int) -> _Run:
+def _engine_run(dataset: DatasetSpec, options: EngineOptions, batch_size: int) -> RunState:
     """Build the engine's state for the KD run the runner would plan for this pair on ``dataset``."""
     host = kdbench.create_plugin_host(plugins=[("bench_synthetic_data", _SyntheticDatasetPlugin(dataset))])
     suite = SuiteSpec(
@@ -54,16 +55,20 @@ def _engine_run(dataset: DatasetSpec, options: EngineOptions, batch_size: int) -
         seeds=(0,),
         recipe=Recipe(batch_size=batch_size),
     )
-    (planned,) = [run for run in plan_suite(suite, host) if run.kind == "student"]
-    spec = host.datasets.get(planned.config["dataset"])
+    (planned,) = [run for run in plan_suite(suite, host) if run.role == "student"]
+    spec = host.datasets.get(planned.dataset)
     data = spec.loader(Path("."), False)
     torch.manual_seed(1)
     teacher = host.models.get(TEACHER).builder(num_classes=spec.num_classes)
     teacher.to(options.device).eval().requires_grad_(False)
-    return _Run(planned.config, host, spec, data, TrainedModel(TEACHER, teacher), options)
+    torch.manual_seed(planned.seed)
+    student = kdbench.create_model(planned.model, spec.num_classes, host=host)
+    factory = functools.partial(host.distillers.get("kd").builder, **planned.params)
+    teacher_model = TrainedModel(TEACHER, teacher)
+    return RunState(student, factory, teacher_model, planned.recipe, planned.seed, spec, data, options)
 
 
-def _time_engine(benchmark: Any, run: _Run, settings: BenchSettings) -> None:
+def _time_engine(benchmark: Any, run: RunState, settings: BenchSettings) -> None:
     """Time ``train_epoch`` over fresh epoch numbers, one epoch (``settings.steps`` steps) per round."""
     epochs = itertools.count()
 

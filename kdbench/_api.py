@@ -1,17 +1,13 @@
-"""The timm-style public functions, served by one lazily built default plugin host."""
+"""The timm-style public functions, served by one lazily built default plugin host (``create_model``: weights)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
-
-from torch import nn
 
 from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.specs import DatasetSpec, DistillerSpec, SuiteSpec
 
 __all__ = [
-    "create_model",
     "default_host",
     "get_dataset",
     "get_distiller",
@@ -31,15 +27,6 @@ def default_host() -> PluginHost:
 
 def _host(host: PluginHost | None) -> PluginHost:
     return host if host is not None else default_host()
-
-
-def create_model(
-    name: str, num_classes: int | None = None, *, host: PluginHost | None = None, **kwargs: Any
-) -> nn.Module:
-    """Return a freshly initialised model ``name`` (default classes: its spec's)."""
-    spec = _host(host).models.get(name)
-    classes = spec.default_num_classes if num_classes is None else num_classes
-    return spec.builder(num_classes=classes, **kwargs)
 
 
 def list_models(pattern: str | None = None, *, host: PluginHost | None = None) -> list[str]:

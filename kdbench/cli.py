@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import difflib
+import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tabulate import tabulate
 
 from kdbench._plugins import PluginHost, create_plugin_host
-from kdbench.engine import EngineOptions
-from kdbench.errors import KdbenchError
-from kdbench.leaderboard import (
-    BoardSummary,
-    load_reported,
-    render_board,
-    render_index,
-    summarize_leaderboard,
-)
-from kdbench.plots import AccuracyPlot, stale_plot_files, write_plots
-from kdbench.profile import MACS_CONVENTION, profile_model
+from kdbench.errors import KdbenchError, ResultsStoreError
+from kdbench.plan import Plan, PlannedRun, plan_suite
+from kdbench.publish import Boards, merged_records, teacher_checkpoints
 from kdbench.reports import (
     FAIL_ON,
     METRICS,
@@ -38,15 +30,17 @@ from kdbench.reports import (
     should_fail,
     write_csv,
 )
-from kdbench.results import ResultsStore, jsonl_text, read_jsonl, write_jsonl
-from kdbench.runner import PlannedRun, RunnerOptions, plan_suite, run_suite, select_runs
-from kdbench.scaffold import write_plugin
+from kdbench.results import ResultsStore, import_records, jsonl_text, read_result_files, write_jsonl
 from kdbench.specs import SuiteSpec
 from kdbench.suites import load_suite_file
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["build_parser", "main"]
 
 LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers")
+DEFAULT_BOARDS = Path("leaderboards")
 
 
 def _plugin_options() -> argparse.ArgumentParser:
@@ -84,38 +78,69 @@ def _teacher_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _selection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--suite", required=True, help="registered suite name or path to a suite .toml file")
+    parent.add_argument("-k", "--only", action="append", default=[], metavar="PATTERN", help="only runs matching")
+    parent.add_argument("--seeds", help="comma-separated seeds instead of the suite's (ad-hoc runs)")
+    parent.add_argument("--epochs", type=int, help="epochs instead of the suite's (ad-hoc runs)")
+    return parent
+
+
+def _execution_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("execution")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    group.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    group.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+    group.add_argument("--data-root", type=Path, default=Path(os.environ.get("KDBENCH_DATA", "data")))
+    group.add_argument("--download", action="store_true", help="download datasets that are missing")
+    group.add_argument("--teacher-root", type=Path, default=Path("teachers"), help="where teacher checkpoints live")
+    group.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints, weights and result per run")
+    group.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``kdbench`` command."""
     plugins, store, teachers = _plugin_options(), _store_options(), _teacher_options()
+    selection, execution = _selection_options(), _execution_options()
     parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[plugins, store, teachers], help="train every missing run of a suite")
-    run.add_argument("--suite", required=True, help="registered suite name or path to a suite .toml file")
-    run.add_argument("-k", "--only", action="append", default=[], metavar="PATTERN", help="only runs matching")
+    run = sub.add_parser(
+        "run", parents=[plugins, store, teachers, selection, execution], help="train every missing run of a suite"
+    )
     run.add_argument("--dry-run", action="store_true", help="print the plan without touching data")
-    run.add_argument("--seeds", help="comma-separated seeds instead of the suite's (ad-hoc runs)")
-    run.add_argument("--epochs", type=int, help="epochs instead of the suite's (ad-hoc runs)")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    run.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    run.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
-    run.add_argument("--data-root", type=Path, default=Path(os.environ.get("KDBENCH_DATA", "data")))
-    run.add_argument("--download", action="store_true", help="download datasets that are missing")
-    run.add_argument("--teacher-root", type=Path, default=Path("teachers"), help="where teacher checkpoints live")
-    run.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints and final weights per run")
-    run.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    plan = sub.add_parser(
+        "plan", parents=[plugins, teachers, selection], help="write a suite's plan (typed runs, their DAG) as JSON"
+    )
+    plan.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+
+    execute = sub.add_parser(
+        "execute",
+        parents=[plugins, execution],
+        help="execute one run of a plan file here; its result goes to WORK_DIR/RUN_ID/result.json",
+    )
+    execute.add_argument("plan", type=Path, metavar="PLAN", help="a plan file (from `kdbench plan -o`)")
+    execute.add_argument("--run", required=True, metavar="RUN_ID", help="the run's id (or a unique prefix, ≥ 4)")
 
     board = sub.add_parser(
         "leaderboard", parents=[plugins, store, teachers], help="render leaderboards from stored results"
     )
-    board.add_argument("--suite", action="append", default=[], help="suite(s) to render (default: every suite)")
-    board.add_argument("--out", type=Path, default=Path("leaderboards"), help="directory of the markdown files")
+    board.add_argument(
+        "--suite", action="append", default=[], help="suite(s) to re-plan and render (default: every suite)"
+    )
+    board.add_argument("--out", type=Path, default=DEFAULT_BOARDS, help="directory of the leaderboards")
     board.add_argument(
         "--check", action="store_true", help="fail, naming what is stale, if committed leaderboards need re-rendering"
     )
     board.add_argument(
-        "--from-jsonl", action="store_true", help="re-render from the *.jsonl records in --out, not the database"
+        "--from-jsonl",
+        action="store_true",
+        help="re-render from the committed records and plans in --out, not the database (with --suite: re-plan it)",
     )
 
     sub.add_parser("plugins", parents=[plugins], help="list plugins and what they register")
@@ -139,14 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_report_parsers(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
-    results = sub.add_parser("results", help="export stored results")
-    export = results.add_subparsers(dest="results_command", metavar="export", required=True).add_parser(
-        "export", parents=[store], help="write stored runs as CSV or JSON lines"
-    )
+    results = sub.add_parser("results", help="export stored results, import run directories")
+    commands = results.add_subparsers(dest="results_command", metavar="export|import", required=True)
+    export = commands.add_parser("export", parents=[store], help="write stored runs as CSV or JSON lines")
     export.add_argument("--format", choices=("csv", "jsonl"), required=True)
     export.add_argument("--suite", help="only runs of this suite")
     export.add_argument("--status", choices=("finished", "failed", "diverged"), help="only runs with this status")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    ingest = commands.add_parser(
+        "import", parents=[store], help="store the result records found in run directories (idempotent)"
+    )
+    ingest.add_argument("runs", type=Path, metavar="RUNS_DIR", help="a work directory (RUNS_DIR/RUN_ID/result.json)")
 
     compare = sub.add_parser("compare", help="per-cell deltas between two result sets (stores, .jsonl, REV:PATH)")
     source = "results database, .jsonl file, directory of .jsonl files, or any of these in git as REV:PATH"
@@ -174,9 +202,16 @@ def _host(args: argparse.Namespace) -> PluginHost:
     return host
 
 
-def _suite(name: str, host: PluginHost) -> SuiteSpec:
+def _is_suite_file(name: str) -> bool:
+    return name.endswith(".toml") or os.sep in name
+
+
+def _suite(name: str, host: PluginHost, boards: Boards | None = None) -> SuiteSpec:
+    """Return the suite ``name``: a suite file, a registered suite, or the suite of board ``name`` in ``boards``."""
     if _is_suite_file(name):
         return load_suite_file(Path(name))
+    if name not in host.suites and boards is not None and name in boards.names():
+        return boards.plan(name).suite
     return host.suites.get(name)
 
 
@@ -221,20 +256,31 @@ def _teacher_overrides(
     return overrides
 
 
+def _selected_plan(args: argparse.Namespace, host: PluginHost) -> tuple[Plan, dict[str, str]]:
+    """Return the plan the selection options ask for (suite, seeds, epochs, teachers, -k) and its teacher overrides."""
+    suite = _adjust(_suite(args.suite, host), args.seeds, args.epochs)
+    overrides = _teacher_overrides(args, suite, host)
+    plan = plan_suite(suite, host, overrides).select(args.only)
+    if not len(plan):
+        raise KdbenchError(f"no run of suite {suite.name!r} matches {args.only}")
+    return plan, overrides
+
+
 def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
     rows = []
     for run in plan:
-        pair = run.pair.label if run.pair else ("—" if run.kind == "student" else run.config["student"])
-        recipe = run.config.get("recipe") or {}
+        pair = run.pair.label if run.pair else ("—" if run.role == "student" else run.model)
+        recipe = getattr(run, "recipe", None)
+        method = run.to_config()["distiller"]
         rows.append(
             [
                 run.run_id,
-                run.kind,
+                run.role,
                 pair,
-                run.config["student"],
-                run.config["distiller"],
-                run.config.get("seed", "—"),
-                recipe.get("epochs", "—"),
+                run.model,
+                method,
+                "—" if run.seed is None else run.seed,
+                recipe.epochs if recipe is not None else "—",
                 "stored" if run.run_id in done else "to run",
             ]
         )
@@ -245,6 +291,8 @@ def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
 
 def _device(name: str) -> torch.device:
     """Return the torch device ``--device`` names; an unknown or unavailable one is a KdbenchError."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -256,17 +304,11 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    host = _host(args)
-    suite = _adjust(_suite(args.suite, host), args.seeds, args.epochs)
-    overrides = _teacher_overrides(args, suite, host)
-    plan = select_runs(plan_suite(suite, host, overrides), args.only)
-    if not plan:
-        raise KdbenchError(f"no run of suite {suite.name!r} matches {args.only}")
-    if args.dry_run:
-        done = ResultsStore(args.results).finished_ids() if args.results.exists() else set()
-        _print_plan(plan, done)
-        return 0
+def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
+    """Return the RunnerOptions of the execution options (devices and directories checked)."""
+    from kdbench.engine import EngineOptions
+    from kdbench.runner import RunnerOptions
+
     for option, path in (("--work-dir", args.work_dir), ("--teacher-root", args.teacher_root)):
         if path.exists() and not path.is_dir():
             raise KdbenchError(f"{option} {path} is a file; give a directory")
@@ -276,7 +318,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         progress=not args.no_progress,
     )
-    options = RunnerOptions(
+    return RunnerOptions(
         data_root=args.data_root,
         teacher_root=args.teacher_root,
         work_root=args.work_dir,
@@ -285,10 +327,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         teacher_overrides=overrides,
         latency_batch_sizes=_integers(args.latency_batch_sizes, "--latency-batch-sizes"),
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    host = _host(args)
+    plan, overrides = _selected_plan(args, host)
+    if args.dry_run:
+        done = ResultsStore(args.results).finished_ids() if args.results.exists() else set()
+        _print_plan(plan.runs, done)
+        return 0
+    options = _runner_options(args, overrides)
+    from kdbench.runner import run_plan
+
     with ResultsStore(args.results) as store:
-        report = run_suite(suite, host, store, options, runs=plan)
+        report = run_plan(plan, host, store, options)
     print(
-        f"suite {suite.name}: {len(report.finished)} finished, {len(report.diverged)} diverged, "
+        f"suite {plan.suite.name}: {len(report.finished)} finished, {len(report.diverged)} diverged, "
         f"{len(report.failed)} failed, {len(report.skipped)} already stored; results in {args.results}"
     )
     for run_id, error in report.failed:
@@ -296,219 +350,107 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _families(host: PluginHost) -> dict[str, str]:
-    return {spec.name: spec.family for spec in host.distillers}
-
-
-def _overrides_in(records: list[dict]) -> dict[str, str]:
-    """Return the teacher checkpoints a leaderboard's records were produced with (arch → source)."""
-    return {
-        r["config"]["student"]: r["config"]["evaluate_checkpoint"]
-        for r in records
-        if r["kind"] == "teacher" and "evaluate_checkpoint" in r["config"]
-    }
-
-
-def _is_suite_file(name: str) -> bool:
-    return name.endswith(".toml") or os.sep in name
-
-
-class _Boards:
-    """The leaderboards of one directory: the suite that renders each board, and the index rows so far.
-
-    A board rendered from a suite file keeps a copy of it beside its records (``NAME.suite.toml``), so
-    later commands (another board, ``--check``, the index) can render it without the original file.
-    """
-
-    def __init__(self, out: Path, host: PluginHost) -> None:
-        self.out = out
-        self.host = host
-        self.suites: dict[str, SuiteSpec] = {}
-        self.summaries: dict[str, BoardSummary] = {}
-
-    def names(self) -> list[str]:
-        return sorted(p.stem for p in self.out.glob("*.jsonl"))
-
-    def named(self, name: str, keep_file: bool = False) -> SuiteSpec:
-        """Return the suite named on the command line: a file (kept beside its board if asked) or a board's suite.
-
-        With ``keep_file``, naming a registered suite removes a kept copy of a file suite of the same name.
-        """
-        if not _is_suite_file(name):
-            if keep_file and name in self.host.suites:
-                (self.out / f"{name}.suite.toml").unlink(missing_ok=True)
-                self.suites[name] = self.host.suites.get(name)
-            return self.suite(name)
-        suite = load_suite_file(Path(name))
-        if keep_file:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / f"{suite.name}.suite.toml").write_bytes(Path(name).read_bytes())
-        self.suites[suite.name] = suite
-        return suite
-
-    def suite(self, name: str) -> SuiteSpec:
-        """Return the suite of the board ``name``: given in this command, kept beside the board, or registered."""
-        if name not in self.suites:
-            copy = self.out / f"{name}.suite.toml"
-            if copy.exists():
-                self.suites[name] = load_suite_file(copy)
-            elif name in self.host.suites or not (self.out / f"{name}.jsonl").exists():
-                self.suites[name] = self.host.suites.get(name)  # an unknown name: the registry's error
-            else:
-                raise KdbenchError(
-                    f"{self.out / (name + '.jsonl')}: no registered suite {name!r} renders it and there is no "
-                    f"{copy.name} beside it; pass --suite PATH.toml"
-                )
-        return self.suites[name]
-
-    def records(self, suite: SuiteSpec) -> list[dict]:
-        jsonl = self.out / f"{suite.name}.jsonl"
-        if not jsonl.exists():
-            raise KdbenchError(f"no stored records for leaderboard {suite.name!r}: {jsonl} is missing")
-        return read_jsonl(jsonl)
-
-    def _plan(self, suite: SuiteSpec, records: list[dict]) -> list[PlannedRun]:
-        """Return the suite's plan with the teacher checkpoints its records were produced with."""
-        return plan_suite(suite, self.host, _overrides_in(records))
-
-    def render(self, suite: SuiteSpec, records: list[dict]) -> tuple[str, list[AccuracyPlot]]:
-        """Return the markdown and plots of ``suite``'s board from ``records`` only; remember its index row."""
-        board = render_board(suite, self._plan(suite, records), records, _families(self.host), load_reported())
-        self.summaries[suite.name] = board.summary
-        return board.markdown, list(board.plots)
-
-    def write(self, suite: SuiteSpec, records: list[dict]) -> None:
-        markdown, plots = self.render(suite, records)
-        path = self.out / f"{suite.name}.md"
-        path.write_text(markdown, encoding="utf-8")
-        touched = write_plots(suite.name, plots, self.out)
-        summary = self.summaries[suite.name]
-        print(
-            f"leaderboard {suite.name}: {summary.stored}/{summary.planned} runs stored → {path}; "
-            f"{len(plots)} plot(s), {len(touched)} plot file(s) updated"
-        )
-
-    def index(self) -> str | None:
-        """Return the README.md indexing every board in the directory (None when there is none)."""
-        rows = []
-        for name in self.names():
-            if name not in self.summaries:
-                suite = self.suite(name)
-                records = self.records(suite)
-                self.summaries[name] = summarize_leaderboard(suite, self._plan(suite, records), records)
-            rows.append(self.summaries[name])
-        return render_index(rows) if rows else None
-
-
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
+def _cmd_plan(args: argparse.Namespace) -> int:
     host = _host(args)
-    boards = _Boards(args.out, host)
-    if args.check:
-        return _check_leaderboards(args, boards)
-    if args.from_jsonl:
-        names = args.suite or boards.names()
-        if not names:
-            raise KdbenchError(f"no leaderboard records (*.jsonl) in {args.out}")
-        for name in names:
-            suite = boards.named(name, keep_file=True) if args.suite else boards.suite(name)
-            boards.write(suite, boards.records(suite))
+    plan, _ = _selected_plan(args, host)
+    if args.output is None:
+        sys.stdout.write(plan.to_json())
     else:
-        _write_from_store(args, boards)
-    if not boards.summaries:
-        print(f"nothing rendered: {args.results} holds no run of a registered suite (see `kdbench run --dry-run`)")
-        return 0
-    index = boards.index()
-    if index is not None:
-        (args.out / "README.md").write_text(index, encoding="utf-8")
-        print(f"leaderboard index → {args.out / 'README.md'}")
+        plan.write(args.output)
+        print(f"plan of suite {plan.suite.name}: {len(plan)} runs → {args.output}", file=sys.stderr)
     return 0
 
 
-def _write_from_store(args: argparse.Namespace, boards: _Boards) -> None:
-    names = args.suite or boards.host.suites.names()
+def _finished_result(path: Path) -> dict[str, Any] | None:
+    """Return the result record at ``path`` if it says finished or diverged (a result), else None."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsStoreError(f"cannot read result record {path}: {exc}") from None
+    return record if isinstance(record, dict) and record.get("status") in ("finished", "diverged") else None
+
+
+def _cmd_execute(args: argparse.Namespace) -> int:
+    from kdbench.runner import RESULT_NAME, Workspace, execute_run
+
+    plan = Plan.load(args.plan)
+    run = plan.get(args.run)
+    host = _host(args)
+    options = _runner_options(args, {})
+    target = options.work_root / run.run_id / RESULT_NAME
+    done = _finished_result(target)
+    if done is not None:
+        print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
+        return 0
+    for needed in run.requires:
+        if _finished_result(options.work_root / needed / RESULT_NAME) is None:
+            raise KdbenchError(
+                f"run {run.run_id} ({run.label}) needs run {needed}, which has no result in "
+                f"{options.work_root / needed}; execute it first"
+            )
+    record = execute_run(run, Workspace(host, options), plan.suite.name)
+    top1 = "" if record["best_top1"] is None else f", best top-1 {record['best_top1']:.2f}"
+    print(f"run {run.run_id} ({run.label}): {record['status']}{top1} → {target}")
+    if record["status"] == "failed":
+        print(f"  {record['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    boards = Boards(args.out)
+    where = "" if args.out == DEFAULT_BOARDS else f" --out {args.out}"
+    if args.check:
+        return _check_leaderboards(args, boards, where)
+    if args.from_jsonl and not args.suite:
+        names = [name for name in boards.names()]
+        if not names:
+            raise KdbenchError(f"no leaderboard records (*.jsonl) in {args.out}")
+        for name in names:
+            print(boards.rerender(name))
+    else:
+        host = _host(args)
+        if args.from_jsonl:
+            for name in args.suite:
+                suite = _suite(name, host, boards)
+                records = boards.records(suite.name)
+                print(boards.write(plan_suite(suite, host, teacher_checkpoints(records)), records))
+        else:
+            _write_from_store(args, boards, host)
+    if not boards.summaries:
+        print(f"nothing rendered: {args.results} holds no run of a registered suite (see `kdbench run --dry-run`)")
+        return 0
+    index = boards.write_index()
+    if index is not None:
+        print(f"leaderboard index → {index}")
+    return 0
+
+
+def _write_from_store(args: argparse.Namespace, boards: Boards, host: PluginHost) -> None:
+    names = args.suite or host.suites.names()
     if not args.results.exists():
         raise KdbenchError(f"no results database at {args.results}; run `kdbench run --suite NAME` first")
-    with ResultsStore(args.results) as store:
+    with ResultsStore(args.results, read_only=True) as store:
         for name in names:
-            suite = boards.named(name, keep_file=True)
-            overrides = _teacher_overrides(args, suite, boards.host, strict=bool(args.suite))
-            wanted = {run.run_id for run in plan_suite(suite, boards.host, overrides)}
-            jsonl = args.out / f"{suite.name}.jsonl"
-            records = _merged_records(store, wanted, jsonl)
+            suite = _suite(name, host, boards)
+            overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
+            wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
+            records = merged_records(store, wanted, boards.path(suite.name, ".jsonl"))
             if not records and not args.suite:
                 continue
-            args.out.mkdir(parents=True, exist_ok=True)
-            write_jsonl(records, jsonl)
-            boards.write(suite, read_jsonl(jsonl))
+            print(boards.write(plan_suite(suite, host, teacher_checkpoints(records)), records))
 
 
-def _merged_records(store: ResultsStore, wanted: set[str], jsonl: Path) -> list[dict]:
-    """Return the board's records: the plan's runs from the database, plus every record the ``.jsonl`` holds.
-
-    Rendering never drops what a board already publishes: runs missing from this database (another
-    machine's, a fresh clone's) and runs the suite no longer plans (a changed recipe) are kept; the
-    board shows only the planned ones. A run in both is taken from the database.
-    """
-    published = {r["run_id"]: r for r in read_jsonl(jsonl)} if jsonl.exists() else {}
-    unplanned = sorted(set(published) - wanted)
-    if unplanned:
-        print(
-            f"leaderboard {jsonl.stem}: kept {len(unplanned)} record(s) in {jsonl} that the suite no longer plans "
-            f"(not shown; delete them from the file to drop them)",
-            file=sys.stderr,
-        )
-    for run_id in sorted(wanted):
-        record = store.get(run_id)
-        if record is not None:
-            published[run_id] = record
-    return list(published.values())
-
-
-def _text_is_fresh(path: Path, expected: str, source: str) -> bool:
-    """Return whether ``path`` holds ``expected``; print a unified diff when it does not."""
-    actual = path.read_text(encoding="utf-8") if path.exists() else ""
-    if actual == expected:
-        return True
-    diff = difflib.unified_diff(
-        actual.splitlines(keepends=True),
-        expected.splitlines(keepends=True),
-        fromfile=f"{path} (committed)",
-        tofile=f"{path} (rendered from {source})",
-    )
-    sys.stdout.writelines(diff)
-    return False
-
-
-def _check_leaderboards(args: argparse.Namespace, boards: _Boards) -> int:
-    names = args.suite or boards.names()
+def _check_leaderboards(args: argparse.Namespace, boards: Boards, where: str) -> int:
+    names = [load_suite_file(Path(n)).name if _is_suite_file(n) else n for n in args.suite] or boards.names()
     if not names:
         raise KdbenchError(f"no committed leaderboards (*.jsonl) in {args.out}")
-    stale = 0
-    where = "" if args.out == Path("leaderboards") else f" --out {args.out}"
-    for name in names:
-        try:
-            suite = boards.named(name) if args.suite else boards.suite(name)
-            markdown, plots = boards.render(suite, boards.records(suite))
-        except KdbenchError as exc:
-            raise KdbenchError(f"leaderboard {name} in {args.out}: {exc}") from None
-        fresh = _text_is_fresh(args.out / f"{suite.name}.md", markdown, f"{suite.name}.jsonl")
-        for path, why in stale_plot_files(suite.name, plots, args.out):
-            print(f"plot {path}: STALE ({why})")
-            fresh = False
-        if fresh:
-            print(f"leaderboard {suite.name}: up to date")
-        else:
-            stale += 1
-            print(
-                f"leaderboard {suite.name}: STALE — run `kdbench leaderboard --from-jsonl --suite {suite.name}{where}`"
-            )
-    index = boards.index() or ""
-    if _text_is_fresh(args.out / "README.md", index, "every *.jsonl"):
-        print(f"leaderboard index {args.out / 'README.md'}: up to date")
-    else:
-        stale += 1
-        print(f"leaderboard index {args.out / 'README.md'}: STALE — run `kdbench leaderboard --from-jsonl{where}`")
-    return 1 if stale else 0
+    report = boards.check(names, fix=f"kdbench leaderboard --from-jsonl{where}")
+    for line in report.lines:
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    return 1 if report.stale else 0
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -564,11 +506,14 @@ def _list_row(kind: str, spec: object, plugin: str) -> list[str]:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    from kdbench.profile import MACS_CONVENTION, profile_model
+    from kdbench.weights import create_model
+
     host = _host(args)
     spec = host.models.get(args.model)
     batch_sizes = _integers(args.batch_sizes, "--batch-sizes")
-    model = spec.builder(num_classes=args.num_classes or spec.default_num_classes)
-    result = profile_model(model, spec.input_size, device=torch.device(args.device), batch_sizes=batch_sizes)
+    model = create_model(args.model, args.num_classes, host=host)
+    result = profile_model(model, spec.input_size, device=_device(args.device), batch_sizes=batch_sizes)
     print(f"{spec.name}: {result.params:,} params, {result.macs / 1e6:.1f} M MACs ({MACS_CONVENTION})")
     for latency in result.latency:
         print(
@@ -579,6 +524,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
+    if args.results_command == "import":
+        return _import_results(args)
     if args.output is not None:
         check_export_target(args.output, args.results)
     records = select_records(load_records(args.results), args.suite, args.status)
@@ -598,6 +545,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_results(args: argparse.Namespace) -> int:
+    records = read_result_files(args.runs)
+    with ResultsStore(args.results) as store:
+        counts = import_records(store, records)
+    summary = ", ".join(f"{count} {what}" for what, count in counts.items())
+    print(f"{len(records)} result record(s) in {args.runs}: {summary}; results in {args.results}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     a = select_records(load_records(args.a), args.suite)
     b = select_records(load_records(args.b), args.suite)
@@ -613,6 +569,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from kdbench.scaffold import write_plugin
+
     root = write_plugin(args.name, args.dir, force=args.force)
     print(f"wrote plugin {args.name!r} to {root}")
     print(f"next: cd {root} && pip install -e '.[test]' && pytest   (see README.md there)")
@@ -621,6 +579,8 @@ def _cmd_new_plugin(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": _cmd_run,
+    "plan": _cmd_plan,
+    "execute": _cmd_execute,
     "leaderboard": _cmd_leaderboard,
     "plugins": _cmd_plugins,
     "list": _cmd_list,

@@ -15,15 +15,17 @@ pruner (e.g. ``theta=0.5``).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
 from kdbench.errors import SuiteError
 
-__all__ = ["DerivedStudent", "parse_derived"]
+__all__ = ["SETTING_NAMES", "DerivedStudent", "parse_derived", "prune_settings"]
 
 _FORM = re.compile(r"^\s*pruned\(\s*(?P<base>[A-Za-z_][\w.-]*)\s*(?:,(?P<args>.*))?\)\s*$")
-_SETTINGS = {"ratio": "ratio", "macs": "target_macs_reduction", "round_to": "round_to", "global": "global_pruning"}
+#: Suite keys of pruning settings → the fields of :class:`kdbench.pruning.PruneSettings` they set.
+SETTING_NAMES = {"ratio": "ratio", "macs": "target_macs_reduction", "round_to": "round_to", "global": "global_pruning"}
 
 
 @final
@@ -41,10 +43,15 @@ class DerivedStudent:
     @property
     def architecture_label(self) -> str:
         """Return the label of the pruned architecture alone (without ``init``): shared by both inits."""
-        names = {v: k for k, v in _SETTINGS.items()}
+        names = {v: k for k, v in SETTING_NAMES.items()}
         items = [f"{names[k]}={v}" for k, v in sorted(self.settings.items())]
         items += [f"{k}={v}" for k, v in sorted(self.params.items())]
         return f"pruned({', '.join([self.base, *items, f'pruner={self.pruner}'])})"
+
+
+def prune_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the PruneSettings fields that the suite keys among ``values`` set (other keys ignored)."""
+    return {SETTING_NAMES[key]: value for key, value in values.items() if key in SETTING_NAMES}
 
 
 def _value(text: str) -> Any:
@@ -79,7 +86,7 @@ def parse_derived(name: str) -> DerivedStudent | None:
     init = values.pop("init", "pruned")
     if init not in ("pruned", "scratch"):
         raise SuiteError(f"derived student {name!r}: init must be pruned or scratch, got {init!r}")
-    settings = {_SETTINGS[key]: values.pop(key) for key in list(values) if key in _SETTINGS}
+    settings = {SETTING_NAMES[key]: values.pop(key) for key in list(values) if key in SETTING_NAMES}
     if ("ratio" in settings) == ("target_macs_reduction" in settings):
         raise SuiteError(f"derived student {name!r} needs exactly one of ratio=… or macs=…")
     return DerivedStudent(name.strip(), match.group("base"), pruner, settings, values, init)

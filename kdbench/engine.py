@@ -1,4 +1,11 @@
-"""The engine: trains one run faithfully to its recipe, fast, resumably.
+"""The engine: trains one run of built objects faithfully to its recipe, fast, resumably.
+
+The engine knows no registry and no plan: it is given a student module, a distiller
+(or a factory building one from the student, the teacher and a
+:class:`~kdbench.DistillContext`), an optional frozen teacher, a recipe, a seed, the
+dataset's spec and data, and options. :class:`RunState` holds one run on its device
+(the testing kit drives it step by step); :func:`train` runs it to the end with
+checkpoints, observers and final weights.
 
 Data lives on the device as uint8; each epoch draws a permutation and every
 sample's crop offsets and flip bit on the device from a generator seeded by
@@ -10,31 +17,54 @@ divergence check).
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from kdbench._plugins import PluginHost
 from kdbench.augment import Views, apply_views, draw_views, normalize
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import FeatureCapture, Signals, concat_signals
+from kdbench.files import atomic_torch_save
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import DatasetSpec, ImageData, Recipe
+from kdbench.weights import load_state
 
-__all__ = ["EngineOptions", "TrainedModel", "evaluate", "load_state", "train_run"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FINAL_NAME",
+    "DistillerFactory",
+    "EngineOptions",
+    "Observer",
+    "RunState",
+    "Segment",
+    "TrainedModel",
+    "evaluate",
+    "evaluate_top1",
+    "forward_signals",
+    "probe_signals",
+    "train",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "final.pt"
 _CHECKPOINT_FORMAT = "kdbench-checkpoint-1"
+
+#: ``factory(student, teacher, context)`` returns the run's distiller (e.g. a method's builder with its params bound).
+DistillerFactory = Callable[[nn.Module, "nn.Module | None", DistillContext], Distiller]
+
+
+class Observer(Protocol):
+    """What watches a run: ``notify("kdbench_run_start", run=…)`` and ``"kdbench_epoch_end"`` (a PluginHost)."""
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call the lifecycle hook ``hook_name`` with ``kwargs``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +106,8 @@ def _subset(views: Views, index: torch.Tensor) -> Views:
     return replace(views, dy=views.dy[index], dx=views.dx[index], flip=views.flip[index])
 
 
-def _probe(model: nn.Module, input_size: tuple[int, int, int], device: torch.device) -> Signals:
+def probe_signals(model: nn.Module, input_size: tuple[int, int, int], device: torch.device) -> Signals:
+    """Return the shapes of every signal ``model`` gives (empty tensors on the meta device), from one eval pass."""
     was_training = model.training
     model.eval()
     with torch.no_grad(), FeatureCapture(model, {"logits", "feats", "preact", "embedding"}) as capture:
@@ -92,29 +123,6 @@ def _probe(model: nn.Module, input_size: tuple[int, int, int], device: torch.dev
         preact=[meta(t) for t in signals.preact],
         embedding=None if signals.embedding is None else meta(signals.embedding),
     )
-
-
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(dict(payload), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def load_state(path: Path, advice: str = "delete it to restart this run from scratch") -> dict[str, Any]:
-    """Return the dict stored at ``path`` (weights only), or raise CheckpointError naming it (and ``advice``)."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        # RepDistiller stores its argparse options beside the weights: allow exactly that class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — {advice}"
-        ) from None
 
 
 @torch.no_grad()
@@ -134,8 +142,21 @@ def evaluate(
     return correct.double() * 100.0 / images.shape[0]
 
 
+def evaluate_top1(
+    model: nn.Module, dataset: DatasetSpec, data: ImageData, options: EngineOptions, batch_size: int | None = None
+) -> float:
+    """Return the test-set top-1 (%) of ``model`` on ``options.device``, rounded to 4 decimals.
+
+    ``batch_size`` defaults to the recipe default's evaluation batch; the number does not depend on it.
+    """
+    device = options.device
+    batch = Recipe().eval_batch_size if batch_size is None else batch_size
+    images, labels = data.test_images.to(device), data.test_labels.to(device)
+    return round(float(evaluate(model.to(device), images, labels, dataset, batch, options.bf16)), 4)
+
+
 @dataclass(frozen=True, slots=True)
-class _Segment:
+class Segment:
     """A contiguous block of epochs: one of the method's phases, or the main training (``phase`` None)."""
 
     phase: Phase | None
@@ -144,66 +165,62 @@ class _Segment:
 
     @property
     def name(self) -> str:
+        """Return the phase's name, or ``main``."""
         return self.phase.name if self.phase else "main"
 
 
-def _segments(phases: tuple[Phase, ...], main_epochs: int) -> list[_Segment]:
+def _segments(phases: tuple[Phase, ...], main_epochs: int) -> list[Segment]:
     segments, start = [], 0
     for phase in (*phases, None):
         epochs = phase.epochs if phase else main_epochs
-        segments.append(_Segment(phase, start, epochs))
+        segments.append(Segment(phase, start, epochs))
         start += epochs
     return segments
 
 
-class _Run:
-    """The state of one run on its device: models, optimiser, data, curve.
+class RunState:
+    """One run on its device: student, distiller, teacher, optimiser, data and curve.
 
-    Epochs are counted by one *position* over the method's phases followed by
-    the main training; the per-epoch generator and the checkpoint use it.
+    Built from objects: ``student`` (a module, already initialised: seed the global RNG
+    before building it), ``distiller`` (a :class:`~kdbench.Distiller`, or a factory
+    called with the student, the teacher module and a :class:`~kdbench.DistillContext`;
+    it is built right away, continuing the global RNG), ``teacher`` (frozen, eval mode)
+    or None, the ``recipe``, the run's ``seed`` (per-epoch data order and views), the
+    dataset's spec and data, and ``options``. ``identity`` is stored in checkpoints and
+    must match on resume. Epochs are counted by one *position* over the method's phases
+    followed by the main training; the per-epoch generator and the checkpoint use it.
     """
 
     def __init__(
         self,
-        config: Mapping[str, Any],
-        host: PluginHost,
+        student: nn.Module,
+        distiller: Distiller | DistillerFactory,
+        teacher: TrainedModel | None,
+        recipe: Recipe,
+        seed: int,
         dataset: DatasetSpec,
         data: ImageData,
-        teacher: TrainedModel | None,
         options: EngineOptions,
-        student: nn.Module | None = None,
+        *,
+        student_name: str = "student",
+        identity: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = config
         self.options = options
         self.dataset = dataset
-        self.recipe = Recipe(**config["recipe"])
+        self.recipe = recipe
+        self.seed = seed
+        self.student_name = student_name
+        self.identity = dict(identity or {})
         device = options.device
-        torch.manual_seed(int(config["seed"]))
-        spec = host.distillers.get(config["distiller"])
-        if student is None:
-            student = host.models.get(config["student"]).builder(num_classes=dataset.num_classes)
         self.student = student.to(device)
         self.teacher = teacher
         self.train_images = data.train_images.to(device)
         self.train_labels = data.train_labels.to(device)
         self.test_images = data.test_images.to(device)
         self.test_labels = data.test_labels.to(device)
-        context = DistillContext(
-            num_classes=dataset.num_classes,
-            input_size=dataset.image_size,
-            num_train=data.train_images.shape[0],
-            student_name=config["student"],
-            teacher_name=teacher.name if teacher else None,
-            student_shapes=_probe(self.student, dataset.image_size, device),
-            teacher_shapes=_probe(teacher.module, dataset.image_size, device) if teacher else None,
-            train_labels=self.train_labels,
-            mean=dataset.mean,
-            std=dataset.std,
-            augment=dataset.augment,
-        )
-        self.distiller: Distiller = spec.builder(
-            self.student, teacher.module if teacher else None, context, **config["params"]
-        ).to(device)
+        if not isinstance(distiller, Distiller):
+            distiller = distiller(self.student, teacher.module if teacher else None, self._context(data))
+        self.distiller: Distiller = distiller.to(device)
         if options.channels_last:
             self.student.to(memory_format=torch.channels_last)
             if teacher is not None:
@@ -211,21 +228,43 @@ class _Run:
         self.segments = _segments(tuple(self.distiller.phases()), self.recipe.epochs)
         self.total_epochs = sum(segment.epochs for segment in self.segments)
         self.optimizer: torch.optim.Optimizer | None = None
-        self._optimizer_segment: _Segment | None = None
+        self._optimizer_segment: Segment | None = None
         self.curve: list[EpochRecord] = []
         self.start_epoch = 0
 
-    def segment_at(self, position: int) -> tuple[_Segment, int]:
+    def _context(self, data: ImageData) -> DistillContext:
+        device, dataset, teacher = self.options.device, self.dataset, self.teacher
+        return DistillContext(
+            num_classes=dataset.num_classes,
+            input_size=dataset.image_size,
+            num_train=data.train_images.shape[0],
+            student_name=self.student_name,
+            teacher_name=teacher.name if teacher else None,
+            student_shapes=probe_signals(self.student, dataset.image_size, device),
+            teacher_shapes=probe_signals(teacher.module, dataset.image_size, device) if teacher else None,
+            train_labels=self.train_labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            augment=dataset.augment,
+        )
+
+    @property
+    def main_segment(self) -> Segment:
+        """Return the main training's segment (the last one)."""
+        return self.segments[-1]
+
+    def segment_at(self, position: int) -> tuple[Segment, int]:
         """Return the segment holding global epoch ``position`` and the epoch's index inside it."""
         for segment in self.segments:
             if position < segment.start + segment.epochs:
                 return segment, position - segment.start
         raise IndexError(position)
 
-    def _use_optimizer(self, segment: _Segment) -> torch.optim.Optimizer:
+    def optimizer_for(self, segment: Segment) -> torch.optim.Optimizer:
+        """Return the optimiser of ``segment``, built when the segment starts (kept while it lasts)."""
         if self._optimizer_segment is not segment:
             settings = OptimizerSettings(
-                lr=self.recipe.base_lr(self.config["student"]),
+                lr=self.recipe.base_lr(self.student_name),
                 momentum=self.recipe.momentum,
                 weight_decay=self.recipe.weight_decay,
                 nesterov=self.recipe.nesterov,
@@ -241,18 +280,19 @@ class _Run:
         assert self.optimizer is not None
         return self.optimizer
 
-    def _lr(self, segment: _Segment, epoch: int) -> float:
+    def _lr(self, segment: Segment, epoch: int) -> float:
         phase = segment.phase
         if phase is None:
-            return self.recipe.lr_at(epoch, self.config["student"])
-        base = self.recipe.base_lr(self.config["student"]) if phase.lr is None else phase.lr
+            return self.recipe.lr_at(epoch, self.student_name)
+        base = self.recipe.base_lr(self.student_name) if phase.lr is None else phase.lr
         return base * phase.lr_gamma ** sum(1 for milestone in phase.lr_milestones if epoch >= milestone)
 
-    def state(self, position: int) -> dict[str, Any]:
+    def checkpoint(self, position: int) -> dict[str, Any]:
+        """Return the resume state after global epoch ``position`` (what ``checkpoint.pt`` holds)."""
         assert self.optimizer is not None
         return {
             "format": _CHECKPOINT_FORMAT,
-            "config": dict(self.config),
+            "config": dict(self.identity),
             "epoch": position,
             "student": self.student.state_dict(),
             "distiller": self.distiller.state_dict(),
@@ -261,28 +301,38 @@ class _Run:
         }
 
     def resume(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path``; one that belongs elsewhere raises CheckpointError."""
         state = load_state(path)
-        if state.get("format") != _CHECKPOINT_FORMAT or state.get("config") != dict(self.config):
+        if state.get("format") != _CHECKPOINT_FORMAT or state.get("config") != self.identity:
             raise CheckpointError(f"checkpoint {path} belongs to another run or format; delete it to restart")
         done = int(state["epoch"])
         try:
             self.student.load_state_dict(state["student"])
             self.distiller.load_state_dict(state["distiller"])
             if done + 1 < self.total_epochs and self.segment_at(done + 1)[0] is self.segment_at(done)[0]:
-                self._use_optimizer(self.segment_at(done)[0]).load_state_dict(state["optimizer"])
+                self.optimizer_for(self.segment_at(done)[0]).load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
         self.curve = [_epoch_from_dict(e) for e in state["curve"]]
         self.start_epoch = done + 1
 
+    def captures(self, segment: Segment) -> tuple[FeatureCapture | None, FeatureCapture | None]:
+        """Return the (student, teacher) feature captures the distiller needs in ``segment`` (close them after)."""
+        student_signals, teacher_signals = self.distiller.signals(segment.phase)
+        if segment.phase is None:
+            student_signals = student_signals | {"logits"}
+        student = FeatureCapture(self.student, student_signals) if student_signals else None
+        teacher = FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
+        return student, teacher
+
     def train_epoch(self, position: int) -> dict[str, torch.Tensor]:
         """Train global epoch ``position``; return the mean loss terms as device tensors (no host sync)."""
         device = self.options.device
         segment, epoch = self.segment_at(position)
-        optimizer = self._use_optimizer(segment)
+        optimizer = self.optimizer_for(segment)
         for group in optimizer.param_groups:
             group["lr"] = self._lr(segment, epoch)
-        generator = _epoch_generator(int(self.config["seed"]), position, device)
+        generator = _epoch_generator(self.seed, position, device)
         num_train = self.train_images.shape[0]
         order = torch.randperm(num_train, generator=generator, device=device)
         augment = self.dataset.augment
@@ -291,13 +341,7 @@ class _Run:
         steps = _steps_per_epoch(num_train, batch_size)
         self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
-        student_signals, teacher_signals = self.distiller.signals(segment.phase)
-        if segment.phase is None:
-            student_signals = student_signals | {"logits"}
-        student_capture = FeatureCapture(self.student, student_signals) if student_signals else None
-        teacher_capture = (
-            FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
-        )
+        student_capture, teacher_capture = self.captures(segment)
         sums: dict[str, torch.Tensor] = {}
         try:
             for step in range(steps):
@@ -309,7 +353,7 @@ class _Run:
                     images = images.contiguous(memory_format=torch.channels_last)
                 batch = Batch(images, self.train_labels[index], index, raw=raw, generator=generator)
                 progress = Progress(epoch, segment.epochs, step, steps, phase=segment.name)
-                terms = self._step(segment, student_capture, teacher_capture, batch, progress, optimizer)
+                terms = self.step(segment, student_capture, teacher_capture, batch, progress, optimizer)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0) + value.detach().float()
         finally:
@@ -318,23 +362,24 @@ class _Run:
                     capture.close()
         return {name: total / steps for name, total in sums.items()}
 
-    def _step(
+    def step(
         self,
-        segment: _Segment,
+        segment: Segment,
         student_capture: FeatureCapture | None,
         teacher_capture: FeatureCapture | None,
         batch: Batch,
         progress: Progress,
         optimizer: torch.optim.Optimizer,
     ) -> dict[str, torch.Tensor]:
+        """Run one training step on ``batch`` (teacher pass, student pass, loss, update); return its loss terms."""
         with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             batch = self.distiller.prepare_batch(batch)
             # Teacher first: its activations are freed before the student's autograd graph is built.
             teacher = None
             if teacher_capture is not None:
                 with torch.no_grad():
-                    teacher = _forward(teacher_capture, batch)
-            student = _forward(student_capture, batch) if student_capture is not None else None
+                    teacher = forward_signals(teacher_capture, batch)
+            student = forward_signals(student_capture, batch) if student_capture is not None else None
             if segment.phase is None:
                 assert student is not None
                 terms = self.distiller.loss_terms(student, teacher, batch, progress)
@@ -344,6 +389,7 @@ class _Run:
         return terms
 
     def test_top1(self) -> torch.Tensor:
+        """Return the student's test top-1 (%) as a 0-d device tensor (no host sync)."""
         return evaluate(
             self.student,
             self.test_images,
@@ -354,7 +400,7 @@ class _Run:
         )
 
 
-def _forward(capture: FeatureCapture, batch: Batch) -> Signals:
+def forward_signals(capture: FeatureCapture, batch: Batch) -> Signals:
     """Return the model's signals for the batch: one pass, or one pass per view in ``batch.chunks``."""
     if not batch.chunks:
         return capture(batch.images)
@@ -400,31 +446,33 @@ def _result(curve: list[EpochRecord], status: str, extra_params: int) -> RunResu
     )
 
 
-def train_run(
-    run: RunInfo,
-    host: PluginHost,
-    dataset: DatasetSpec,
-    data: ImageData,
-    teacher: TrainedModel | None,
-    options: EngineOptions,
-    student: nn.Module | None = None,
-    final_extras: Mapping[str, Any] | None = None,
-) -> RunResult:
-    """Train (or resume) the run described by ``run.config``; write checkpoints and final weights in ``run.work_dir``.
+class _Silent:
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        return None
 
-    ``student`` is the initial student when it is not built from the registry
-    (e.g. a pruned model); ``final_extras`` go into ``final.pt`` beside the
-    weights (e.g. a pruned architecture's description). Returns a finished or
-    diverged :class:`RunResult` whose wall time is the sum of its epochs' times
-    (resume-stable); errors propagate to the caller.
+
+def train(
+    run: RunInfo,
+    state: RunState,
+    observer: Observer | None = None,
+    final_extras: Mapping[str, Any] | None = None,
+    label: str = "",
+) -> RunResult:
+    """Train (or resume) ``state`` to its last epoch; write checkpoints and final weights in ``run.work_dir``.
+
+    A checkpoint left in ``run.work_dir`` by the same run (``state.identity``) is resumed.
+    ``observer`` gets ``kdbench_run_start`` and ``kdbench_epoch_end``; ``final_extras`` go
+    into ``final.pt`` beside the weights (e.g. a pruned architecture's description);
+    ``label`` names the progress bar. Returns a finished or diverged :class:`RunResult`
+    whose wall time is the sum of its epochs' times (resume-stable); errors propagate.
     """
+    observer = observer or _Silent()
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    state = _Run(run.config, host, dataset, data, teacher, options, student)
     checkpoint = run.work_dir / CHECKPOINT_NAME
     if checkpoint.exists():
         state.resume(checkpoint)
-    host.notify("kdbench_run_start", run=run)
-    bar = _progress_bar(run, state.total_epochs, state.start_epoch, options.progress)
+    observer.notify("kdbench_run_start", run=run)
+    bar = _progress_bar(label or run.run_id, state.total_epochs, state.start_epoch, state.options.progress)
     status = "finished"
     try:
         for position in range(state.start_epoch, state.total_epochs):
@@ -446,20 +494,19 @@ def train_run(
             if not all(math.isfinite(v) for v in losses.values()):
                 status = "diverged"
                 break
-            _atomic_save(state.state(position), checkpoint)
-            host.notify("kdbench_epoch_end", run=run, epoch=record)
+            atomic_torch_save(state.checkpoint(position), checkpoint)
+            observer.notify("kdbench_epoch_end", run=run, epoch=record)
             bar.update(1)
             bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}", phase=segment.name)
     finally:
         bar.close()
     if status == "finished":
-        final = {"arch": run.config["student"], **(final_extras or {}), "model": state.student.state_dict()}
-        _atomic_save(final, run.work_dir / FINAL_NAME)
+        final = {"arch": state.student_name, **(final_extras or {}), "model": state.student.state_dict()}
+        atomic_torch_save(final, run.work_dir / FINAL_NAME)
     return _result(state.curve, status, state.distiller.extra_parameter_count())
 
 
-def _progress_bar(run: RunInfo, epochs: int, done: int, enabled: bool):
+def _progress_bar(label: str, epochs: int, done: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    label = f"{run.config['distiller']}:{run.config['student']} s{run.config['seed']}"
     return tqdm(total=epochs, initial=done, desc=label, unit="ep", leave=False, disable=not enabled)

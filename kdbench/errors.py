@@ -7,6 +7,7 @@ __all__ = [
     "DataNotFoundError",
     "DuplicateNameError",
     "KdbenchError",
+    "PlanError",
     "PluginError",
     "ResultsStoreError",
     "SuiteError",
@@ -32,6 +33,10 @@ class UnknownNameError(KdbenchError):
 
 class SuiteError(KdbenchError):
     """A suite file or definition is malformed."""
+
+
+class PlanError(KdbenchError):
+    """A serialised plan (or a run config in it) is malformed, edited by hand, or from another version."""
 
 
 class DataNotFoundError(KdbenchError):

@@ -21,9 +21,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from kdbench.plan import Plan, PlannedRun, PruneRun, TrainRun, recipe_config, student_recipe
 from kdbench.plots import PLOT_KINDS, AccuracyPlot, PlotPoint, plot_stem
-from kdbench.profile import MACS_CONVENTION, stored_latency_ms
-from kdbench.runner import PlannedRun, student_recipe
+from kdbench.records import MACS_CONVENTION, stored_latency_ms
 from kdbench.specs import Recipe, SuiteSpec
 
 __all__ = [
@@ -108,13 +108,17 @@ class _Cell:
     failed: int
 
 
+def _trained(runs: Iterable[PlannedRun], role: str) -> list[TrainRun]:
+    return [run for run in runs if isinstance(run, TrainRun) and run.role == role]
+
+
 class _Table:
     """Collects per-(row, pair) top-1 values from records for one suite plan."""
 
-    def __init__(self, suite: SuiteSpec, plan: Sequence[PlannedRun], records: Mapping[str, Mapping[str, Any]]) -> None:
-        self.suite = suite
-        self.rule = "best_top1" if suite.epoch_rule == "best" else "last_top1"
-        self.plan = plan
+    def __init__(self, plan: Plan, records: Mapping[str, Mapping[str, Any]]) -> None:
+        self.suite: SuiteSpec = plan.suite
+        self.rule = "best_top1" if self.suite.epoch_rule == "best" else "last_top1"
+        self.plan: Sequence[PlannedRun] = plan.runs
         self.records = records
         self.memo: dict[str, Any] = {}  # derived views computed once per table (profiles, plots)
 
@@ -132,23 +136,16 @@ class _Table:
         return _Cell(tuple(values), len(runs), failed)
 
     def teacher_cell(self, arch: str) -> _Cell:
-        return self._values(r for r in self.plan if r.kind == "teacher" and r.config["student"] == arch)
+        return self._values(r for r in self.plan if r.role == "teacher" and r.model == arch)
 
     def student_cell(self, student: str) -> _Cell:
-        return self._values(
-            r
-            for r in self.plan
-            if r.kind == "student" and not r.config.get("teacher") and r.config["student"] == student
-        )
+        return self._values(r for r in _trained(self.plan, "student") if not r.teacher and r.model == student)
 
     def method_cell(self, method: str, pair_label: str) -> _Cell:
         return self._values(
             r
-            for r in self.plan
-            if r.kind == "student"
-            and r.pair is not None
-            and r.pair.label == pair_label
-            and r.config["distiller"] == method
+            for r in _trained(self.plan, "student")
+            if r.pair is not None and r.pair.label == pair_label and r.method == method
         )
 
 
@@ -225,7 +222,7 @@ def _reference_rows(
     table: _Table, pairs: Sequence[Any], claims: Mapping[tuple[str, str, str], Reported], markers: dict[str, str]
 ) -> list[list[str]]:
     """Return rows for methods that only have published numbers here (not registered, or no public method)."""
-    planned = {_method_key(r.config["distiller"]) for r in table.plan} | {"teacher", "student"}
+    planned = {_method_key(r.to_config()["distiller"]) for r in table.plan} | {"teacher", "student"}
     names: dict[str, str] = {}
     for (teacher, student, key), row in sorted(claims.items()):
         if key not in planned and any((p.teacher, p.student) == (teacher, student) for p in pairs):
@@ -276,8 +273,8 @@ def _collect_profiles(table: _Table) -> dict[str, _Profiled]:
     roles: dict[str, str] = {}
     extras: dict[str, set[str]] = {}
     for run in table.plan:
-        arch = run.config["student"]
-        role = {"teacher": "teacher", "prune": "pruned"}.get(run.kind, "student")
+        arch = run.model
+        role = {"teacher": "teacher", "prune": "pruned"}.get(run.role, "student")
         if roles.get(arch) != "teacher":
             roles[arch] = role
         record = table.records.get(run.run_id)
@@ -285,8 +282,8 @@ def _collect_profiles(table: _Table) -> dict[str, _Profiled]:
             continue
         profiles.setdefault(arch, record["profile"])
         extra = int(record["profile"].get("extra_params", 0))
-        if extra:
-            extras.setdefault(arch, set()).add(f"{run.config['distiller']} +{extra:,}")
+        if extra and isinstance(run, TrainRun):
+            extras.setdefault(arch, set()).add(f"{run.method} +{extra:,}")
     return {
         arch: _Profiled(profile, roles[arch], tuple(sorted(extras.get(arch, ())))) for arch, profile in profiles.items()
     }
@@ -336,13 +333,13 @@ def _efficiency_table(table: _Table) -> str:
 
 
 def _pair_of(run: PlannedRun) -> str:
-    return run.pair.label if run.pair is not None else run.config["student"]
+    return run.pair.label if run.pair is not None else run.model
 
 
 def _method_of(run: PlannedRun) -> str:
-    if run.kind == "prune":
-        return f"prune ({run.config['prune']['pruner']})"
-    return run.config["distiller"]
+    if isinstance(run, PruneRun):
+        return f"prune ({run.pruner})"
+    return run.method if isinstance(run, TrainRun) else run.to_config()["distiller"]
 
 
 def _status_of(record: Mapping[str, Any] | None) -> str:
@@ -363,8 +360,8 @@ def _missing_runs(table: _Table) -> list[str]:
         record = table.records.get(run.run_id)
         if record is not None and record["status"] == "finished":
             continue
-        key = (run.kind, _pair_of(run), _method_of(run), _status_of(record))
-        groups.setdefault(key, []).append(str(run.config["seed"]) if "seed" in run.config else PENDING)
+        key = (run.role, _pair_of(run), _method_of(run), _status_of(record))
+        groups.setdefault(key, []).append(PENDING if run.seed is None else str(run.seed))
     lines = ["## Runs not stored yet", ""]
     if not groups:
         return [*lines, f"All {len(table.plan)} planned runs are stored.", ""]
@@ -397,13 +394,14 @@ def _own_recipes(table: _Table) -> list[str]:
     """Return one line per method whose runs use recipe fields other than the suite's."""
     changes: dict[str, dict[str, str]] = {}
     for run in table.plan:
-        if run.pair is None or not run.config.get("recipe"):
+        if run.pair is None or not isinstance(run, TrainRun):
             continue
-        suite_recipe = student_recipe(table.suite.recipe, run.config["student"])
-        diff = {k: v for k, v in run.config["recipe"].items() if k != "lr_overrides" and suite_recipe.get(k) != v}
+        suite_recipe = recipe_config(student_recipe(table.suite.recipe, run.model))
+        own = recipe_config(run.recipe)
+        diff = {k: v for k, v in own.items() if k != "lr_overrides" and suite_recipe.get(k) != v}
         if diff:
             text = ", ".join(f"{k} {v}" for k, v in sorted(diff.items()))
-            changes.setdefault(run.config["distiller"], {})[run.pair.label] = text
+            changes.setdefault(run.method, {})[run.pair.label] = text
     return [
         f"- `{method}` runs with its own published recipe: "
         + "; ".join(f"{text} on {pair}" for pair, text in sorted(per_pair.items()))
@@ -417,13 +415,12 @@ def _pruning_table(table: _Table) -> str | None:
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     labels: dict[tuple[str, str], str] = {}
     for run in table.plan:
-        if run.kind != "prune":
+        if not isinstance(run, PruneRun):
             continue
-        details = run.config["prune"]
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(details["settings"].items()))
-        method = (run.config.get("after") or {}).get("distiller", "—")
-        key = (str(details["source"]["arch"]) + f" ({method})", f"{details['pruner']} {settings}")
-        labels[key] = f"{details['finetune_epochs']}"
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(run.settings.items()))
+        method = run.trained_with or "—"
+        key = (f"{run.source.arch} ({method})", f"{run.pruner} {settings}")
+        labels[key] = f"{run.finetune_epochs}"
         record = table.records.get(run.run_id)
         groups.setdefault(key, [])
         if record and record["status"] == "finished" and record.get("profile"):
@@ -509,7 +506,7 @@ def _provenance(table: _Table) -> list[str]:
 
 
 def _method_names(plan: Sequence[PlannedRun]) -> list[str]:
-    return sorted({r.config["distiller"] for r in plan if r.pair is not None and r.kind == "student"})
+    return sorted({r.method for r in _trained(plan, "student") if r.pair is not None})
 
 
 def _plot_points(table: _Table, cost: Callable[[_Profiled], float | None]) -> tuple[PlotPoint, ...]:
@@ -590,22 +587,18 @@ def _plot_section(plots: Sequence[AccuracyPlot]) -> list[str]:
     return lines
 
 
-def leaderboard_plots(
-    suite: SuiteSpec, plan: Sequence[PlannedRun], records: Iterable[Mapping[str, Any]]
-) -> list[AccuracyPlot]:
-    """Return the accuracy-vs-cost plots of ``suite`` (MACs, latency), only those with something to draw."""
-    return _plots(_Table(suite, plan, {r["run_id"]: r for r in records}))
+def _by_id(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {r["run_id"]: r for r in records}
 
 
-def render_leaderboard(
-    suite: SuiteSpec,
-    plan: Sequence[PlannedRun],
-    records: Iterable[Mapping[str, Any]],
-    families: Mapping[str, str],
-    reported: Iterable[Reported] = (),
-) -> str:
-    """Return the markdown leaderboard of ``suite`` from ``records`` (same inputs → same bytes)."""
-    return _markdown(_Table(suite, plan, {r["run_id"]: r for r in records}), families, reported)
+def leaderboard_plots(plan: Plan, records: Iterable[Mapping[str, Any]]) -> list[AccuracyPlot]:
+    """Return the accuracy-vs-cost plots of ``plan``'s board (MACs, latency), only those with something to draw."""
+    return _plots(_Table(plan, _by_id(records)))
+
+
+def render_leaderboard(plan: Plan, records: Iterable[Mapping[str, Any]], reported: Iterable[Reported] = ()) -> str:
+    """Return the markdown leaderboard of ``plan`` from ``records`` (same inputs → same bytes)."""
+    return _markdown(_Table(plan, _by_id(records)), plan.families, reported)
 
 
 def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Reported]) -> str:
@@ -685,17 +678,15 @@ def _best_per_pair(table: _Table) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def summarize_leaderboard(
-    suite: SuiteSpec, plan: Sequence[PlannedRun], records: Iterable[Mapping[str, Any]]
-) -> BoardSummary:
-    """Return the index row of ``suite``'s leaderboard rendered from ``records``."""
-    return _summary(_Table(suite, plan, {r["run_id"]: r for r in records}))
+def summarize_leaderboard(plan: Plan, records: Iterable[Mapping[str, Any]]) -> BoardSummary:
+    """Return the index row of ``plan``'s leaderboard rendered from ``records``."""
+    return _summary(_Table(plan, _by_id(records)))
 
 
 def _summary(table: _Table) -> BoardSummary:
     suite, plan = table.suite, table.plan
     finished, _, _, planned = _run_counts(table)
-    methods = tuple(sorted({r.config["distiller"] for r in plan if r.kind == "student"}))
+    methods = tuple(sorted({r.method for r in _trained(plan, "student")}))
     plots = tuple(plot.stem for plot in _plots(table))
     return BoardSummary(
         suite.name, suite.dataset, suite.epoch_rule, finished, planned, methods, _best_per_pair(table), plots
@@ -734,15 +725,16 @@ def render_index(boards: Iterable[BoardSummary]) -> str:
         "- `<suite>.jsonl`: the run records it is rendered from (one JSON object per line, sorted by run id).",
         "- `<suite>-accuracy-vs-macs.{svg,png}`, `<suite>-accuracy-vs-latency.{svg,png}`: top-1 against cost; "
         "each file carries a digest of the data it draws in its metadata.",
-        "- `<suite>.suite.toml` (boards of unregistered suites only): the suite file the board was rendered from.",
+        "- `<suite>.plan.json`: the plan the board is rendered with (the suite, every planned run, each method's "
+        "family); `--from-jsonl` and `--check` read it instead of the installed plugins.",
         "- `README.md`: this index.",
         "",
         "## Regenerate and check",
         "",
         "```",
         "kdbench run --suite NAME                # train what is missing, into the results database",
-        "kdbench leaderboard --suite NAME        # write NAME.jsonl, NAME.md, the plots and this index",
-        "kdbench leaderboard --from-jsonl        # re-render everything here from the committed *.jsonl",
+        "kdbench leaderboard --suite NAME        # re-plan NAME; write its records, plan, markdown, plots, this index",
+        "kdbench leaderboard --from-jsonl        # re-render every board here from its committed records and plan",
         "kdbench leaderboard --check             # CI: exit 1 and name what is stale; rewrites nothing",
         "```",
         "",
@@ -759,13 +751,7 @@ class RenderedBoard:
     summary: BoardSummary
 
 
-def render_board(
-    suite: SuiteSpec,
-    plan: Sequence[PlannedRun],
-    records: Iterable[Mapping[str, Any]],
-    families: Mapping[str, str],
-    reported: Iterable[Reported] = (),
-) -> RenderedBoard:
-    """Return the markdown, plots and index row of ``suite``'s leaderboard (what ``kdbench leaderboard`` writes)."""
-    table = _Table(suite, plan, {r["run_id"]: r for r in records})
-    return RenderedBoard(_markdown(table, families, reported), tuple(_plots(table)), _summary(table))
+def render_board(plan: Plan, records: Iterable[Mapping[str, Any]], reported: Iterable[Reported] = ()) -> RenderedBoard:
+    """Return the markdown, plots and index row of ``plan``'s leaderboard (what ``kdbench leaderboard`` writes)."""
+    table = _Table(plan, _by_id(records))
+    return RenderedBoard(_markdown(table, plan.families, reported), tuple(_plots(table)), _summary(table))

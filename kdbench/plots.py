@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdbench.files import atomic_write_bytes
+
 __all__ = [
     "FORMATS",
     "PLOT_KINDS",
@@ -221,6 +223,5 @@ def write_plots(suite: str, plots: Sequence[AccuracyPlot], directory: Path) -> l
             continue
         if path.stem not in rendered:
             rendered[path.stem] = render_plot(by_stem[path.stem])
-        directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rendered[path.stem][path.suffix[1:]])
+        atomic_write_bytes(path, rendered[path.stem][path.suffix[1:]])
     return touched

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdbench.records import MACS_CONVENTION, stored_latency_ms
+
 __all__ = [
     "MACS_CONVENTION",
     "Latency",
@@ -42,7 +44,6 @@ __all__ = [
     "stored_latency_ms",
 ]
 
-MACS_CONVENTION = "multiply-accumulates counted by fvcore at batch 1 (fvcore calls them flops)"
 
 DEFAULT_WARMUP = 10
 DEFAULT_ITERATIONS = 50
@@ -121,14 +122,6 @@ class ModelProfile:
             latency=tuple(Latency.from_dict(lat) for lat in data.get("latency", ())),
             device_name=str(data["device_name"]),
         )
-
-
-def stored_latency_ms(profile: Mapping[str, Any], batch_size: int) -> float | None:
-    """Return the median latency (ms) at ``batch_size`` from a stored profile dict, or None if not timed."""
-    for latency in profile.get("latency") or ():
-        if int(latency["batch_size"]) == batch_size:
-            return float(latency["median_ms"])
-    return None
 
 
 def count_parameters(module: nn.Module) -> int:

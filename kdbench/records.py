@@ -1,4 +1,4 @@
-"""What the lifecycle hooks receive: a run's identity, one epoch's record, a run's result."""
+"""What the lifecycle hooks receive (a run's identity, one epoch's record, a run's result) and stored-record facts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
-__all__ = ["EpochRecord", "RunInfo", "RunResult"]
+__all__ = ["MACS_CONVENTION", "EpochRecord", "RunInfo", "RunResult", "stored_latency_ms"]
+
+#: How every stored profile counts MACs (what the leaderboards' efficiency tables say).
+MACS_CONVENTION = "multiply-accumulates counted by fvcore at batch 1 (fvcore calls them flops)"
+
+
+def stored_latency_ms(profile: Mapping[str, Any], batch_size: int) -> float | None:
+    """Return the median latency (ms) at ``batch_size`` from a stored profile dict, or None if not timed."""
+    for latency in profile.get("latency") or ():
+        if int(latency["batch_size"]) == batch_size:
+            return float(latency["median_ms"])
+    return None
 
 
 @final

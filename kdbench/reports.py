@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from kdbench.errors import KdbenchError, ResultsStoreError
 from kdbench.leaderboard import cell_stats, mean_std_text
-from kdbench.profile import stored_latency_ms
+from kdbench.records import stored_latency_ms
 from kdbench.results import SQLITE_MAGIC, ResultsStore, read_jsonl
 
 __all__ = [

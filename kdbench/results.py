@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from kdbench.errors import ResultsStoreError
+from kdbench.files import atomic_write_text
 
 __all__ = [
     "COLUMNS",
@@ -32,9 +31,11 @@ __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "ResultsStore",
+    "import_records",
     "jsonl_text",
     "open_store",
     "read_jsonl",
+    "read_result_files",
     "write_jsonl",
 ]
 
@@ -388,18 +389,7 @@ def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: Path | str) -> None:
     """Write :func:`jsonl_text` of ``records`` to ``path``, replacing the file atomically."""
-    path = Path(path)
-    text = jsonl_text(records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    atomic_write_text(path, jsonl_text(records))
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
@@ -428,3 +418,50 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
         lines[record["run_id"]] = number
         records.append(record)
     return records
+
+
+#: The file a run leaves in its work directory when it ends (``kdbench.runner.RESULT_NAME``).
+RESULT_FILE = "result.json"
+
+
+def read_result_files(runs: Path | str) -> list[dict[str, Any]]:
+    """Return the result records under ``runs`` (``RUN_ID/result.json``), checked, sorted by run id.
+
+    A file that is not a well-formed record of its directory's run raises ResultsStoreError naming it.
+    """
+    root = Path(runs)
+    if not root.is_dir():
+        raise ResultsStoreError(f"no run directory at {root}")
+    records = []
+    for path in sorted(root.glob(f"*/{RESULT_FILE}")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            _encode(record)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ResultsStoreError(f"{path} is not a result record: {exc}") from None
+        if record["run_id"] != path.parent.name:
+            raise ResultsStoreError(f"{path} holds run {record['run_id']}, not {path.parent.name}")
+        records.append(record)
+    return records
+
+
+def import_records(store: ResultsStore, records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Put ``records`` into ``store`` (idempotent); return how many were new, updated, unchanged or kept.
+
+    A failed record never replaces a stored result (finished or diverged): that one is ``kept``.
+    """
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}
+    for record in records:
+        stored = store.get(record["run_id"])
+        if stored is None:
+            counts["new"] += 1
+        elif stored == dict(record):
+            counts["unchanged"] += 1
+            continue
+        elif record["status"] == "failed" and stored["status"] in RESULT_STATUSES:
+            counts["kept"] += 1
+            continue
+        else:
+            counts["updated"] += 1
+        store.put(record)
+    return counts

@@ -1,18 +1,26 @@
-"""The runner: expands a suite into runs with stable ids, trains what is missing, stores every result."""
+"""The runner: executes planned runs and walks a plan against a results store.
+
+Executing a run means: build its objects through the one weights door
+(:func:`kdbench.weights.create_model`), hand them to the engine, profile the model, and
+write the run's result record — into its work directory (``result.json``, what a
+driver collects from another process or host) and, when walking a plan, into the
+results store. Each run kind has its executor; nothing is sniffed from a config.
+What runs of one process share (loaded data, built teachers, profiles) lives in a
+:class:`Workspace`.
+"""
 
 from __future__ import annotations
 
 import copy
-import fnmatch
-import hashlib
-import inspect
+import functools
 import json
 import platform
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +31,61 @@ from torch import nn
 import kdbench
 from kdbench._plugins import PluginHost
 from kdbench.augment import normalize
-from kdbench.derived import parse_derived
-from kdbench.engine import CHECKPOINT_NAME, FINAL_NAME, EngineOptions, TrainedModel, evaluate, load_state, train_run
-from kdbench.errors import CheckpointError, KdbenchError, PluginError, UnknownNameError
+from kdbench.engine import (
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    EngineOptions,
+    RunState,
+    TrainedModel,
+    evaluate_top1,
+    train,
+)
+from kdbench.errors import CheckpointError, KdbenchError, PluginError
+from kdbench.files import atomic_write_text
+from kdbench.plan import (
+    BASELINE_METHOD,
+    CheckpointWeights,
+    Plan,
+    PlannedRun,
+    PruneRun,
+    TeacherCheck,
+    TrainRun,
+    WeightsRef,
+    plan_suite,
+)
 from kdbench.profile import device_name, profile_model
 from kdbench.pruning import (
+    ARCHITECTURE_FORMAT,
     PruneSettings,
+    calibration_from_batches,
     describe_architecture,
-    load_pruned,
     prune_model,
-    rebuild,
     save_pruned,
     sparsity,
 )
 from kdbench.records import RunInfo, RunResult
 from kdbench.results import ResultsStore
-from kdbench.specs import DatasetSpec, ImageData, PairSpec, Recipe, SuiteSpec
+from kdbench.specs import DatasetSpec, ImageData, SuiteSpec
+from kdbench.weights import create_model
 
-__all__ = ["PlannedRun", "RunnerOptions", "SuiteReport", "plan_suite", "run_id_of", "run_suite", "select_runs"]
+__all__ = [
+    "PRUNED_NAME",
+    "RESULT_NAME",
+    "RunnerOptions",
+    "SuiteReport",
+    "Workspace",
+    "execute_run",
+    "run_plan",
+    "run_suite",
+    "train_state",
+]
 
-CONFIG_VERSION = 1
 PRUNED_NAME = "pruned.pt"
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedRun:
-    """One run of a suite: its id, role (teacher, student, prune), resolved config and the runs it needs."""
-
-    run_id: str
-    kind: str
-    config: Mapping[str, Any]
-    pair: PairSpec | None = None
-    requires: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """Return a human label: ``method student←teacher seed=N``."""
-        teacher = self.config.get("teacher") or {}
-        arrow = f"←{teacher['arch']}" if teacher else ""
-        role = f"{self.kind} " if self.kind != "student" else ""
-        seed = f" seed={self.config['seed']}" if "seed" in self.config else ""
-        return f"{role}{self.config['distiller']} {self.config['student']}{arrow}{seed}"
+#: The run's result record, written in its work directory when it ends (finished, diverged or failed).
+RESULT_NAME = "result.json"
+#: Gradient importances (Taylor, SSA) are calibrated on this many train batches of this size.
+CALIBRATION_BATCHES = 4
+CALIBRATION_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,269 +97,8 @@ class RunnerOptions:
     work_root: Path = Path("runs")
     download: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
-    teacher_overrides: Mapping[str, str] = field(default_factory=dict)
+    teacher_overrides: dict[str, str] = field(default_factory=dict)
     latency_batch_sizes: tuple[int, ...] = (1, 256)
-
-
-def run_id_of(config: Mapping[str, Any]) -> str:
-    """Return the stable id of a resolved config: the first 16 hex digits of its canonical JSON's SHA-256."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return {
-        "epochs": recipe.epochs,
-        "batch_size": recipe.batch_size,
-        "lr": recipe.lr,
-        "momentum": recipe.momentum,
-        "weight_decay": recipe.weight_decay,
-        "nesterov": recipe.nesterov,
-        "lr_milestones": list(recipe.lr_milestones),
-        "lr_gamma": recipe.lr_gamma,
-        "lr_overrides": dict(recipe.lr_overrides),
-        "eval_batch_size": recipe.eval_batch_size,
-    }
-
-
-def student_recipe(recipe: Recipe, student: str) -> dict[str, Any]:
-    """Return the recipe as a run sees it: the student's own base LR folded in, other overrides dropped."""
-    resolved = _recipe_dict(recipe)
-    resolved["lr"] = recipe.base_lr(student)
-    resolved["lr_overrides"] = {}
-    return resolved
-
-
-def _teacher_source(suite: SuiteSpec, arch: str, host: PluginHost, overrides: Mapping[str, str]) -> str | None:
-    source = overrides.get(arch) or suite.teachers.get(arch)
-    if source and source in host.teachers and host.teachers.get(source).model != arch:
-        raise KdbenchError(f"teacher {source!r} is a {host.teachers.get(source).model}, not a {arch}")
-    return source
-
-
-def _config(
-    suite: SuiteSpec, student: str, distiller: str, params: Mapping[str, Any], seed: int, recipe: Recipe
-) -> dict[str, Any]:
-    return {
-        "kdbench_config": CONFIG_VERSION,
-        "dataset": suite.dataset,
-        "student": student,
-        "teacher": None,
-        "distiller": distiller,
-        "params": dict(params),
-        "seed": seed,
-        "recipe": student_recipe(recipe, student),
-    }
-
-
-def _distiller_names(suite: SuiteSpec, host: PluginHost) -> list[str]:
-    names: list[str] = []
-    for pattern in suite.distillers:
-        matched = host.distillers.names(pattern) if any(c in pattern for c in "*?[") else [pattern]
-        for name in matched:
-            host.distillers.get(name)
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def _check_names(suite: SuiteSpec, host: PluginHost) -> None:
-    where = f"suite {suite.name!r}"
-    try:
-        host.datasets.get(suite.dataset)
-        for pair in suite.pairs:
-            host.models.get(pair.teacher)
-            derived = parse_derived(pair.student)
-            if derived is None:
-                host.models.get(pair.student)
-                continue
-            host.pruners.get(derived.pruner)
-            if derived.base != pair.teacher:
-                raise KdbenchError(f"{where}: {pair.student} must prune the pair's teacher {pair.teacher}")
-        for stage in suite.prune_after:
-            host.pruners.get(stage["pruner"])
-    except UnknownNameError as exc:
-        raise UnknownNameError(f"{where}: {exc}") from None
-
-
-def _accepted_params(builder: Callable[..., Any]) -> set[str] | None:
-    """Return the hyper-parameters a distiller builder accepts (after student, teacher, context); None: any."""
-    try:
-        parameters = list(inspect.signature(builder).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters[3:] if p.kind is not inspect.Parameter.VAR_POSITIONAL}
-
-
-def _check_params(suite: SuiteSpec, host: PluginHost) -> None:
-    """Refuse parameters a method does not take before any run starts (not as one failed run per seed)."""
-    running = set(_distiller_names(suite, host))
-    tables = [(f"[distiller_params.{name}]", name, values) for name, values in suite.distiller_params.items()]
-    for index, pair in enumerate(suite.pairs):
-        tables += [(f"pairs[{index}].params.{name}", name, values) for name, values in pair.params.items()]
-    for where, name, values in tables:
-        if name not in running:
-            continue
-        spec = host.distillers.get(name)
-        accepted = _accepted_params(spec.builder)
-        if accepted is None:  # the builder takes **kwargs: anything goes
-            continue
-        unknown = sorted(set(values) - set(spec.defaults) - accepted)
-        if unknown:
-            known = ", ".join(sorted(set(spec.defaults) | accepted)) or "none"
-            raise KdbenchError(
-                f"suite {suite.name!r}: {where} sets {', '.join(unknown)}, which {name} does not take; "
-                f"its parameters: {known}"
-            )
-
-
-def _prune_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    keys = {"ratio": "ratio", "macs": "target_macs_reduction", "round_to": "round_to", "global": "global_pruning"}
-    return {keys[key]: value for key, value in values.items() if key in keys}
-
-
-def _prune_config(
-    suite: SuiteSpec, host: PluginHost, label: str, source: Mapping[str, Any], pruner: str, details: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Return the config of a run that prunes ``source`` (and fine-tunes it ``finetune_epochs`` epochs)."""
-    spec = host.pruners.get(pruner)
-    return {
-        "kdbench_config": CONFIG_VERSION,
-        "dataset": suite.dataset,
-        "student": label,
-        "teacher": None,
-        "distiller": "prune",
-        "seed": details["seed"],
-        "prune": {
-            "source": dict(source),
-            "pruner": pruner,
-            "params": {**spec.defaults, **details.get("params", {})},
-            "settings": dict(details["settings"]),
-            "finetune_epochs": details.get("finetune_epochs", 0),
-            "finetune_lr": details.get("finetune_lr", 0.0),
-        },
-    }
-
-
-def _add(planned: dict[str, PlannedRun], run: PlannedRun) -> None:
-    # A run can be reached twice (e.g. a vanilla student shared by pairs); a teacher role wins.
-    if run.run_id not in planned or (planned[run.run_id].kind == "teacher" and run.kind != "teacher"):
-        if run.run_id in planned:
-            run = PlannedRun(run.run_id, "teacher", run.config, run.pair, run.requires)
-        planned[run.run_id] = run
-
-
-def plan_suite(
-    suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None
-) -> list[PlannedRun]:
-    """Return every run of ``suite`` in execution order: teachers, derived students, students, prune stages."""
-    _check_names(suite, host)
-    _check_params(suite, host)
-    overrides = teacher_overrides or {}
-    teacher_recipe = suite.teacher_recipe or suite.recipe
-    vanilla_defaults = host.distillers.get("vanilla").defaults if "vanilla" in host.distillers else {}
-    planned: dict[str, PlannedRun] = {}
-    teacher_refs: dict[str, tuple[dict[str, Any], str]] = {}
-    for arch in dict.fromkeys(pair.teacher for pair in suite.pairs):
-        source = _teacher_source(suite, arch, host, overrides)
-        if source:
-            config = {
-                "kdbench_config": CONFIG_VERSION,
-                "dataset": suite.dataset,
-                "student": arch,
-                "teacher": None,
-                "distiller": "pretrained",
-                "evaluate_checkpoint": source,
-            }
-            run_id = run_id_of(config)
-            _add(planned, PlannedRun(run_id, "teacher", config))
-            # Students wait for the checkpoint's evaluation: it fails exactly when loading it would.
-            teacher_refs[arch] = ({"arch": arch, "checkpoint": source}, run_id)
-            continue
-        config = _config(suite, arch, "vanilla", vanilla_defaults, suite.teacher_seed, teacher_recipe)
-        run_id = run_id_of(config)
-        _add(planned, PlannedRun(run_id, "teacher", config))
-        teacher_refs[arch] = ({"arch": arch, "run": run_id}, run_id)
-    derivations: dict[str, str] = {}
-    for pair in suite.pairs:
-        derived = parse_derived(pair.student)
-        if derived is None:
-            continue
-        ref, teacher_run = teacher_refs[pair.teacher]
-        details = {"seed": suite.teacher_seed, "settings": derived.settings, "params": derived.params}
-        config = _prune_config(suite, host, derived.architecture_label, ref, derived.pruner, details)
-        run_id = run_id_of(config)
-        _add(planned, PlannedRun(run_id, "prune", config, pair, (teacher_run,)))
-        derivations[pair.student] = run_id
-    students: list[PlannedRun] = []
-    for pair in suite.pairs:
-        for name in _distiller_names(suite, host):
-            if name in pair.skip:
-                continue
-            spec = host.distillers.get(name)
-            params = {**spec.defaults, **suite.distiller_params.get(name, {}), **pair.params.get(name, {})}
-            recipe = suite.recipe_for(pair, name)
-            for seed in suite.seeds:
-                config = _config(suite, pair.student, name, params, seed, recipe)
-                requires: tuple[str, ...] = ()
-                if pair.student in derivations:
-                    init = parse_derived(pair.student).init  # type: ignore[union-attr]
-                    config["init"] = {"prune_run": derivations[pair.student], "weights": init}
-                    requires += (derivations[pair.student],)
-                if spec.needs_teacher:
-                    config["teacher"], teacher_run = teacher_refs[pair.teacher]
-                    requires += (teacher_run,)
-                run = PlannedRun(run_id_of(config), "student", config, pair if spec.needs_teacher else None, requires)
-                _add(planned, run)
-                students.append(planned[run.run_id])
-    for stage in suite.prune_after:
-        methods = stage["methods"]
-        for run in {run.run_id: run for run in students}.values():
-            if run.kind != "student" or not any(fnmatch.fnmatchcase(run.config["distiller"], m) for m in methods):
-                continue
-            details = {**stage, "seed": run.config["seed"], "settings": _prune_settings(stage)}
-            source = {"arch": run.config["student"], "run": run.run_id}
-            label = f"{run.config['student']}+{stage['pruner']}"
-            config = _prune_config(suite, host, label, source, stage["pruner"], details)
-            config["after"] = {"distiller": run.config["distiller"]}
-            _add(planned, PlannedRun(run_id_of(config), "prune", config, run.pair, (run.run_id,)))
-    return list(planned.values())
-
-
-def _label_tokens(run: PlannedRun) -> set[str]:
-    tokens = set(run.label.split())
-    return tokens | {part for token in tokens for part in token.split("←")} | {run.run_id}
-
-
-def _matches(run: PlannedRun, pattern: str) -> bool:
-    """Return whether every word of ``pattern`` names (or glob-matches) a word of the run's label or its id."""
-    tokens = _label_tokens(run)
-    if run.run_id.startswith(pattern) and len(pattern) >= 4:
-        return True
-    return all(any(fnmatch.fnmatchcase(token, word) for token in tokens) for word in pattern.split())
-
-
-def select_runs(plan: list[PlannedRun], patterns: Iterable[str]) -> list[PlannedRun]:
-    """Return the runs matching any pattern, plus the teacher runs they need.
-
-    A pattern is words that must each name a word of a run's label
-    (``kd resnet8x4←resnet32x4 seed=0``; ``resnet8x4`` and ``resnet32x4`` count as
-    words too; globs allowed, e.g. ``sdd_*``), or a prefix of its run id.
-    """
-    patterns = list(patterns)
-    if not patterns:
-        return plan
-    chosen = {run.run_id for run in plan if any(_matches(run, p) for p in patterns)}
-    by_id = {run.run_id: run for run in plan}
-    pending = list(chosen)
-    while pending:  # the runs the chosen ones need, transitively
-        for needed in by_id[pending.pop()].requires:
-            if needed not in chosen:
-                chosen.add(needed)
-                pending.append(needed)
-    return [run for run in plan if run.run_id in chosen]
 
 
 def _git_commit() -> str:
@@ -358,92 +119,86 @@ def _versions(host: PluginHost) -> dict[str, Any]:
     }
 
 
-class _SuiteExecution:
-    """Executes a plan against a store: shares data, teachers and profiles between runs."""
+class Workspace:
+    """What the runs of one process share: plugins, options, loaded data, built teachers, profiles."""
 
-    def __init__(self, suite: SuiteSpec, host: PluginHost, store: ResultsStore, options: RunnerOptions) -> None:
-        self.suite = suite
+    def __init__(self, host: PluginHost, options: RunnerOptions) -> None:
         self.host = host
-        self.store = store
         self.options = options
-        self.dataset: DatasetSpec = host.datasets.get(suite.dataset)
-        self.data: ImageData | None = None
-        self.teachers: dict[str, TrainedModel] = {}
-        self.profiles: dict[str, dict[str, Any]] = {}
+        self.device = options.engine.device
+        self._data: dict[str, ImageData] = {}
+        self._teachers: dict[WeightsRef, TrainedModel] = {}
+        self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self.commit = _git_commit()
         self.versions = _versions(host)
-        self.device_name = device_name(options.engine.device)
+        self.device_name = device_name(self.device)
 
-    def load_data(self) -> ImageData:
-        if self.data is None:
-            self.data = self.dataset.loader(self.options.data_root, self.options.download)
-        return self.data
+    def dataset(self, name: str) -> DatasetSpec:
+        """Return the spec of dataset ``name``."""
+        return self.host.datasets.get(name)
 
-    def teacher_for(self, config: Mapping[str, Any]) -> TrainedModel | None:
-        ref = config.get("teacher")
-        if not ref:
-            return None
-        key = json.dumps(ref, sort_keys=True)
-        if key not in self.teachers:
-            self.teachers[key] = self._load_teacher(ref)
-        return self.teachers[key]
+    def data(self, name: str) -> ImageData:
+        """Return dataset ``name``, loaded once per process (missing data raises DataNotFoundError)."""
+        if name not in self._data:
+            self._data[name] = self.dataset(name).loader(self.options.data_root, self.options.download)
+        return self._data[name]
 
-    def _load_teacher(self, ref: Mapping[str, Any]) -> TrainedModel:
-        arch = ref["arch"]
-        if "run" in ref:
-            path, state_key = self.options.work_root / ref["run"] / FINAL_NAME, "model"
-            if not path.is_file():
-                raise CheckpointError(
-                    f"teacher run {ref['run']} ({arch}) has no weights at {path}; it must finish first"
-                )
-        else:
-            path, state_key = self._teacher_file(ref["checkpoint"])
-        state = load_state(path, advice=f"check the checkpoint given for teacher {arch}")
-        weights = state.get(state_key, state) if state_key else state
-        model = self.host.models.get(arch).builder(num_classes=self.dataset.num_classes)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"teacher checkpoint {path} does not fit {arch}: {str(exc).splitlines()[0]}"
-            ) from None
-        model.to(self.options.engine.device).eval().requires_grad_(False)
-        return TrainedModel(arch, model)
-
-    def _teacher_file(self, source: str) -> tuple[Path, str]:
-        if source in self.host.teachers:
-            spec = self.host.teachers.get(source)
-            path = self.options.teacher_root / spec.path
-            if not path.is_file():
-                raise CheckpointError(
-                    f"teacher {source!r} not found at {path}; download it from {spec.url or 'its source'} "
-                    f"and extract it under --teacher-root {self.options.teacher_root}"
-                )
-            return path, spec.state_key
-        path = Path(source)
+    def weights_file(self, ref: WeightsRef, missing: str = "it must finish first") -> str | Path:
+        """Return what ``create_model(weights=…)`` reads for ``ref``; a run's weights must exist already."""
+        if isinstance(ref, CheckpointWeights):
+            return ref.source
+        path = self.options.work_root / ref.run / FINAL_NAME
         if not path.is_file():
-            raise CheckpointError(f"teacher checkpoint {path} not found (not a file, nor a registered teacher name)")
-        return path, "model"
+            raise CheckpointError(f"run {ref.run} ({ref.arch}) has no weights at {path}; {missing}")
+        return path
 
-    def profile(self, arch: str, extra_params: int) -> dict[str, Any]:
-        if arch not in self.profiles:
-            model = self.host.models.get(arch).builder(num_classes=self.dataset.num_classes)
-            profile = profile_model(
-                model,
-                self.dataset.image_size,
-                device=self.options.engine.device,
+    def model(self, ref: WeightsRef, dataset: str, missing: str = "it must finish first") -> nn.Module:
+        """Return a new model holding the weights ``ref`` names (a pruned model keeps its architecture)."""
+        return create_model(
+            _base_arch(ref.arch),
+            self.dataset(dataset).num_classes,
+            weights=self.weights_file(ref, missing),
+            teacher_root=self.options.teacher_root,
+            host=self.host,
+        )
+
+    def teacher(self, ref: WeightsRef, dataset: str) -> TrainedModel:
+        """Return the frozen teacher ``ref`` names on the device, built once per process."""
+        if ref not in self._teachers:
+            module = self.model(ref, dataset).to(self.device).eval().requires_grad_(False)
+            self._teachers[ref] = TrainedModel(ref.arch, module)
+        return self._teachers[ref]
+
+    def profile(self, model: nn.Module, dataset: str, extra_params: int, cache_as: str | None = None) -> dict[str, Any]:
+        """Return the profile of ``model`` (a copy is measured); with ``cache_as``, measured once per name."""
+        key = (dataset, cache_as or "")
+        if cache_as is None or key not in self._profiles:
+            measured = profile_model(
+                copy.deepcopy(model),
+                self.dataset(dataset).image_size,
+                device=self.device,
                 batch_sizes=self.options.latency_batch_sizes,
             )
-            self.profiles[arch] = profile.to_dict()
-        return {**self.profiles[arch], "extra_params": extra_params}
+            if cache_as is None:
+                return {**measured.to_dict(), "extra_params": extra_params}
+            self._profiles[key] = measured.to_dict()
+        return {**self._profiles[key], "extra_params": extra_params}
 
-    def record(self, run: PlannedRun, result: RunResult, profile: dict[str, Any] | None) -> dict[str, Any]:
+    def registry_profile(self, arch: str, dataset: str, extra_params: int) -> dict[str, Any]:
+        """Return the profile of registered architecture ``arch`` (a fresh model, measured once per process)."""
+        if (dataset, arch) not in self._profiles:
+            model = create_model(arch, self.dataset(dataset).num_classes, host=self.host)
+            return self.profile(model, dataset, extra_params, cache_as=arch)
+        return {**self._profiles[(dataset, arch)], "extra_params": extra_params}
+
+    def record(self, suite: str, run: PlannedRun, result: RunResult, profile: dict[str, Any] | None) -> dict[str, Any]:
+        """Return the result record of ``run`` (the store's row, complete with provenance)."""
         return {
             "run_id": run.run_id,
-            "suite": self.suite.name,
-            "kind": run.kind,
+            "suite": suite,
+            "kind": run.role,
             "status": result.status,
-            "config": dict(run.config),
+            "config": run.to_config(),
             "best_top1": result.best_top1,
             "last_top1": result.last_top1,
             "best_epoch": result.best_epoch,
@@ -464,216 +219,110 @@ class _SuiteExecution:
             "device": self.device_name,
             "git_commit": self.commit,
             "error": result.error,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
-    def _evaluate_checkpoint(self, config: Mapping[str, Any], data: ImageData) -> RunResult:
-        teacher = self.teacher_for(
-            {"teacher": {"arch": config["student"], "checkpoint": config["evaluate_checkpoint"]}}
-        )
-        assert teacher is not None
-        device = self.options.engine.device
-        top1 = evaluate(
-            teacher.module,
-            data.test_images.to(device),
-            data.test_labels.to(device),
-            self.dataset,
-            1000,
-            self.options.engine.bf16,
-        )
-        value = round(float(top1), 4)
-        return RunResult(status="finished", best_top1=value, last_top1=value, best_epoch=None)
 
-    def _top1(self, model: nn.Module, data: ImageData) -> float:
-        device = self.options.engine.device
-        images, labels = data.test_images.to(device), data.test_labels.to(device)
-        top1 = evaluate(model.to(device), images, labels, self.dataset, 1000, self.options.engine.bf16)
-        return round(float(top1), 4)
+def _base_arch(arch: str) -> str:
+    """Return the registered architecture a (possibly derived) model is built from."""
+    from kdbench.derived import parse_derived
 
-    def _weights_of(self, source: Mapping[str, Any]) -> nn.Module:
-        """Return a fresh copy of the model a prune run starts from (a teacher, or a trained student)."""
-        if "checkpoint" in source:
-            teacher = self.teacher_for({"teacher": dict(source)})
-            assert teacher is not None
-            return copy.deepcopy(teacher.module).requires_grad_(True)
-        path = self.options.work_root / source["run"] / FINAL_NAME
-        if not path.is_file():
-            raise CheckpointError(
-                f"run {source['run']} ({source['arch']}) has no weights at {path}; "
-                "delete its stored result to train it again"
-            )
-        state = load_state(path)
-        if "architecture" in state:
-            return load_pruned(path, self.host)
-        model = self.host.models.get(source["arch"]).builder(num_classes=self.dataset.num_classes)
-        model.load_state_dict(state["model"])
-        return model
-
-    def _calibration(self, data: ImageData) -> Callable[[nn.Module], None]:
-        """Return a function accumulating CE gradients over a few train batches (for gradient importances)."""
-        device = self.options.engine.device
-
-        def calibrate(model: nn.Module) -> None:
-            generator = torch.Generator().manual_seed(0)
-            order = torch.randperm(data.train_images.shape[0], generator=generator)[: 4 * 64]
-            for index in order.split(64):
-                images = normalize(data.train_images[index].to(device), self.dataset.mean, self.dataset.std)
-                F.cross_entropy(model(images), data.train_labels[index].to(device)).backward()
-
-        return calibrate
-
-    def _prune(self, run: PlannedRun, info: RunInfo, data: ImageData) -> tuple[RunResult, dict[str, Any]]:
-        """Prune the run's source model, evaluate it, fine-tune it if asked; return the result and its profile."""
-        details = run.config["prune"]
-        torch.manual_seed(int(run.config["seed"]))
-        model = self._weights_of(details["source"]).to(self.options.engine.device)
-        base = _base_arch(details["source"]["arch"])
-        before = {"top1": self._top1(model, data), "profile": self._profile_of(model, 0)}
-        example = torch.zeros(1, *self.dataset.image_size, device=self.options.engine.device)
-        settings = PruneSettings(**details["settings"])
-        model = prune_model(
-            self.host, model, details["pruner"], details["params"], example, settings, self._calibration(data)
-        )
-        info.work_dir.mkdir(parents=True, exist_ok=True)
-        save_pruned(model, base, self.dataset.num_classes, info.work_dir / PRUNED_NAME)
-        after_prune = self._top1(model, data)
-        result = RunResult(status="finished", best_top1=after_prune, last_top1=after_prune)
-        epochs = int(details["finetune_epochs"])
-        if not self.host.pruners.get(details["pruner"]).structured:
-            _keep_zeros(model)
-        if epochs > 0:
-            config = _finetune_config(run.config, epochs, float(details["finetune_lr"]), self.host)
-            tune = RunInfo(run.run_id, config, info.work_dir, info.device)
-            extras = {"format": "kdbench-pruned-1", "arch": base, "num_classes": self.dataset.num_classes}
-            extras["architecture"] = describe_architecture(model)
-            result = train_run(tune, self.host, self.dataset, data, None, self.options.engine, model, extras)
-        pruning = {"top1_before": before["top1"], "top1_after_prune": after_prune, "before": before["profile"]}
-        pruning["sparsity"] = round(sparsity(model), 6)
-        return result, {**self._profile_of(model, 0), "pruning": pruning}
-
-    def _initial_student(self, config: Mapping[str, Any]) -> tuple[nn.Module | None, dict[str, Any] | None]:
-        """Return the run's initial student and the extras its final weights need, if it is a derived student."""
-        init = config.get("init")
-        if not init:
-            return None, None
-        path = self.options.work_root / init["prune_run"] / PRUNED_NAME
-        if not path.is_file():
-            raise CheckpointError(f"derived student {config['student']}: no pruned model at {path}")
-        model = load_pruned(path, self.host)
-        state = load_state(path)
-        if init["weights"] == "scratch":
-            torch.manual_seed(int(config["seed"]))
-            model = rebuild(self.host, state["arch"], state["num_classes"], state["architecture"])
-        extras = {key: state[key] for key in ("format", "arch", "num_classes", "architecture")}
-        return model, extras
-
-    def _profile_of(self, model: nn.Module, extra_params: int) -> dict[str, Any]:
-        profile = profile_model(
-            copy.deepcopy(model),
-            self.dataset.image_size,
-            device=self.options.engine.device,
-            batch_sizes=self.options.latency_batch_sizes,
-        )
-        return {**profile.to_dict(), "extra_params": extra_params}
-
-    def execute(self, run: PlannedRun) -> RunResult:
-        info = RunInfo(run.run_id, run.config, self.options.work_root / run.run_id, self.device_name)
-        profile = None
-        try:
-            data = self.load_data()
-            teacher = self.teacher_for(run.config)
-            if "evaluate_checkpoint" in run.config:
-                result = self._evaluate_checkpoint(run.config, data)
-                profile = self.profile(run.config["student"], result.extra_params)
-            elif "prune" in run.config:
-                result, profile = self._prune(run, info, data)
-            else:
-                student, extras = self._initial_student(run.config)
-                engine = self.options.engine
-                result = train_run(info, self.host, self.dataset, data, teacher, engine, student, extras)
-                if student is None:
-                    profile = self.profile(run.config["student"], result.extra_params)
-                else:
-                    profile = self._profile_of(student, result.extra_params)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # isolate the failure: record it, let the suite go on
-            result = RunResult(status="failed", error=_error_text(exc))
-        self.store.put(self.record(run, result, profile))
-        if result.status != "failed":
-            # Stored for good: the resume state is no longer needed (final weights stay).
-            (info.work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-        try:
-            self.host.notify("kdbench_run_end", run=info, result=result)
-        except PluginError as exc:  # the result is stored: an observer's failure must not stop the suite
-            print(f"kdbench: warning: run {run.run_id}: {exc} (its result is stored)", file=sys.stderr)
-        return result
+    derived = parse_derived(arch)
+    return derived.base if derived else arch
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, KdbenchError):
-        return str(exc)
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+def _info(run: PlannedRun, workspace: Workspace) -> RunInfo:
+    return RunInfo(run.run_id, run.to_config(), workspace.options.work_root / run.run_id, workspace.device_name)
 
 
-@dataclass(frozen=True, slots=True)
-class SuiteReport:
-    """What a suite invocation did: run ids per outcome."""
-
-    skipped: tuple[str, ...]
-    finished: tuple[str, ...]
-    diverged: tuple[str, ...]
-    failed: tuple[tuple[str, str], ...]
+# ---------------------------------------------------------------------------------------------------------------------
+# One executor per run kind
 
 
-def run_suite(
-    suite: SuiteSpec,
-    host: PluginHost,
-    store: ResultsStore,
-    options: RunnerOptions,
-    runs: list[PlannedRun] | None = None,
-    on_run: Callable[[PlannedRun, str], None] | None = None,
-) -> SuiteReport:
-    """Train every planned run of ``suite`` not already stored; return what happened.
+Outcome = tuple[RunResult, "dict[str, Any] | None"]
 
-    The dataset is loaded before the first run that needs training, so missing
-    data stops the suite at once with one clear error.
+
+def _check_teacher(run: TeacherCheck, workspace: Workspace) -> Outcome:
+    """Evaluate the checkpoint (students wait for this: it fails exactly when loading it would)."""
+    teacher = workspace.teacher(run.weights, run.dataset)
+    dataset, data = workspace.dataset(run.dataset), workspace.data(run.dataset)
+    top1 = evaluate_top1(teacher.module, dataset, data, _options(workspace))
+    result = RunResult(status="finished", best_top1=top1, last_top1=top1, best_epoch=None)
+    return result, workspace.registry_profile(run.model, run.dataset, result.extra_params)
+
+
+def _options(workspace: Workspace) -> EngineOptions:
+    return workspace.options.engine
+
+
+def _initial_student(run: TrainRun, workspace: Workspace) -> tuple[nn.Module, dict[str, Any] | None]:
+    """Return the run's initial student (seeded as the engine expects) and what its final weights need beside them.
+
+    The global RNG is seeded with the run's seed right before the student is built (so
+    the distiller the engine builds next continues from there); a student loaded from a
+    pruned model is followed by a fresh seed instead (its loading draws nothing the run uses).
     """
-    plan = runs if runs is not None else plan_suite(suite, host, options.teacher_overrides)
-    execution = _SuiteExecution(suite, host, store, options)
-    done = store.finished_ids()
-    pending = [run for run in plan if not _is_done(run, done, options)]
-    if pending:
-        execution.load_data()
-    skipped = tuple(run.run_id for run in plan if run not in pending)
-    outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": []}
-    unusable: dict[str, str] = {}  # run id → why runs needing it cannot go on
-    from tqdm.auto import tqdm
+    classes = workspace.dataset(run.dataset).num_classes
+    if run.init is None:
+        torch.manual_seed(run.seed)
+        return create_model(run.model, classes, host=workspace.host), None
+    path = workspace.options.work_root / run.init.prune_run / PRUNED_NAME
+    if not path.is_file():
+        raise CheckpointError(f"derived student {run.model}: no pruned model at {path}")
+    base = _base_arch(run.model)
+    door = functools.partial(create_model, base, classes, host=workspace.host)
+    if run.init.weights == "scratch":
+        torch.manual_seed(run.seed)
+        student = door(architecture=path)
+    else:
+        student = door(weights=path)
+    torch.manual_seed(run.seed)
+    extras = {"format": ARCHITECTURE_FORMAT, "arch": base, "num_classes": classes}
+    return student, {**extras, "architecture": describe_architecture(student)}
 
-    bar = tqdm(pending, desc=f"suite {suite.name}", unit="run", disable=not options.engine.progress)
-    for run in bar:
-        bar.set_postfix_str(run.label)
-        blocked = next((needed for needed in run.requires if needed in unusable), None)
-        if blocked is not None:
-            result = RunResult(status="failed", error=f"needed run {blocked} failed: {unusable[blocked]}")
-            store.put(execution.record(run, result, None))
-        else:
-            result = execution.execute(run)
-        if result.status != "finished":
-            unusable[run.run_id] = result.error or result.status
-        if result.status == "failed":
-            outcome["failed"].append((run.run_id, result.error))
-        else:
-            outcome[result.status].append(run.run_id)
-        if on_run:
-            on_run(run, result.status)
-    return SuiteReport(
-        skipped=skipped,
-        finished=tuple(outcome["finished"]),
-        diverged=tuple(outcome["diverged"]),
-        failed=tuple(outcome["failed"]),
+
+def train_state(run: TrainRun, workspace: Workspace) -> tuple[RunState, dict[str, Any] | None]:
+    """Return the engine state of ``run`` (its teacher, seeded student and distiller, data, recipe).
+
+    Also returns what the final weights need beside them (a derived student's pruned architecture).
+    """
+    teacher = workspace.teacher(run.teacher, run.dataset) if run.teacher else None
+    student, extras = _initial_student(run, workspace)
+    spec = workspace.host.distillers.get(run.method)
+    state = RunState(
+        student,
+        functools.partial(spec.builder, **run.params),
+        teacher,
+        run.recipe,
+        run.seed,
+        workspace.dataset(run.dataset),
+        workspace.data(run.dataset),
+        _options(workspace),
+        student_name=run.model,
+        identity=run.to_config(),
     )
+    return state, extras
+
+
+def _train(run: TrainRun, workspace: Workspace) -> Outcome:
+    state, extras = train_state(run, workspace)
+    label = f"{run.method}:{run.model} s{run.seed}"
+    result = train(_info(run, workspace), state, workspace.host, extras, label=label)
+    if extras is None:
+        return result, workspace.registry_profile(run.model, run.dataset, result.extra_params)
+    return result, workspace.profile(state.student, run.dataset, result.extra_params)
+
+
+def calibration_batches(
+    data: ImageData, dataset: DatasetSpec, device: torch.device, count: int, size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Return ``count`` normalised train batches of ``size`` images (a fixed random choice) on ``device``."""
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(data.train_images.shape[0], generator=generator)[: count * size]
+    return [
+        (normalize(data.train_images[index].to(device), dataset.mean, dataset.std), data.train_labels[index].to(device))
+        for index in order.split(size)
+    ]
 
 
 def _keep_zeros(model: nn.Module) -> None:
@@ -688,25 +337,173 @@ def _keep_zeros(model: nn.Module) -> None:
             module.weight.register_hook(lambda grad, mask=mask: grad * mask)
 
 
-def _base_arch(arch: str) -> str:
-    """Return the registered architecture a (possibly derived) model was built from."""
-    derived = parse_derived(arch)
-    return derived.base if derived else arch
+def _source_model(run: PruneRun, workspace: Workspace) -> nn.Module:
+    """Return a trainable copy of the model the run prunes (a checked teacher, or a trained run's weights)."""
+    if isinstance(run.source, CheckpointWeights):
+        return copy.deepcopy(workspace.teacher(run.source, run.dataset).module).requires_grad_(True)
+    return workspace.model(run.source, run.dataset, missing="delete its stored result to train it again")
 
 
-def _finetune_config(config: Mapping[str, Any], epochs: int, lr: float, host: PluginHost) -> dict[str, Any]:
-    """Return the engine config that fine-tunes a pruned model with CE at a constant LR."""
-    recipe = dict(config.get("recipe") or {})
-    recipe = {**student_recipe(Recipe(), config["student"]), **recipe, "epochs": epochs, "lr": lr}
-    recipe["lr_milestones"] = []
-    vanilla = host.distillers.get("vanilla").defaults
-    return {**config, "distiller": "vanilla", "params": dict(vanilla), "recipe": recipe}
+def _prune(run: PruneRun, workspace: Workspace) -> Outcome:
+    """Prune the run's source model, evaluate it, fine-tune it if asked; return the result and its profile."""
+    options, dataset, data = _options(workspace), workspace.dataset(run.dataset), workspace.data(run.dataset)
+    torch.manual_seed(run.seed)
+    model = _source_model(run, workspace).to(workspace.device)
+    before = {"top1": evaluate_top1(model, dataset, data, options), "profile": workspace.profile(model, run.dataset, 0)}
+    example = torch.zeros(1, *dataset.image_size, device=workspace.device)
+    batches = calibration_batches(data, dataset, workspace.device, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
+    calibration = calibration_from_batches(batches, F.cross_entropy)
+    settings = PruneSettings(**run.settings)
+    model = prune_model(workspace.host, model, run.pruner, run.params, example, settings, calibration)
+    info = _info(run, workspace)
+    info.work_dir.mkdir(parents=True, exist_ok=True)
+    save_pruned(model, run.base_arch, dataset.num_classes, info.work_dir / PRUNED_NAME)
+    after_prune = evaluate_top1(model, dataset, data, options)
+    result = RunResult(status="finished", best_top1=after_prune, last_top1=after_prune)
+    if not workspace.host.pruners.get(run.pruner).structured:
+        _keep_zeros(model)
+    if run.finetune_epochs > 0:
+        torch.manual_seed(run.seed)
+        baseline = workspace.host.distillers.get(BASELINE_METHOD)
+        factory = functools.partial(baseline.builder, **baseline.defaults)
+        recipe = run.finetune_recipe
+        state = RunState(
+            model, factory, None, recipe, run.seed, dataset, data, options, student_name=run.model,
+            identity=run.to_config(),
+        )  # fmt: skip
+        extras = {"format": ARCHITECTURE_FORMAT, "arch": run.base_arch, "num_classes": dataset.num_classes}
+        extras["architecture"] = describe_architecture(model)
+        result = train(info, state, workspace.host, extras, label=f"finetune:{run.model} s{run.seed}")
+    pruning = {"top1_before": before["top1"], "top1_after_prune": after_prune, "before": before["profile"]}
+    pruning["sparsity"] = round(sparsity(model), 6)
+    return result, {**workspace.profile(model, run.dataset, 0), "pruning": pruning}
+
+
+_EXECUTORS: dict[type, Callable[[Any, Workspace], Outcome]] = {
+    TrainRun: _train,
+    TeacherCheck: _check_teacher,
+    PruneRun: _prune,
+}
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KdbenchError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: ResultsStore | None = None) -> dict[str, Any]:
+    """Execute ``run`` (its required runs' outputs must be in the work root); return its result record.
+
+    Failures are recorded, not raised (except KeyboardInterrupt). The record is written to
+    ``WORK_ROOT/RUN_ID/result.json`` (and put in ``store`` if given); a run that did not
+    fail then drops its resume checkpoint, and observers get ``kdbench_run_end``.
+    """
+    profile = None
+    try:
+        result, profile = _EXECUTORS[type(run)](run, workspace)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # isolate the failure: record it, let the suite go on
+        result = RunResult(status="failed", error=_error_text(exc))
+    record = workspace.record(suite, run, result, profile)
+    info = _info(run, workspace)
+    atomic_write_text(info.work_dir / RESULT_NAME, json.dumps(record, sort_keys=True, indent=1) + "\n")
+    if store is not None:
+        store.put(record)
+    if result.status != "failed":
+        (info.work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # the result is kept: no resume needed
+    try:
+        workspace.host.notify("kdbench_run_end", run=info, result=result)
+    except PluginError as exc:  # the result is recorded: an observer's failure must not stop the suite
+        print(f"kdbench: warning: run {run.run_id}: {exc} (its result is stored)", file=sys.stderr)
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteReport:
+    """What a suite invocation did: run ids per outcome."""
+
+    skipped: tuple[str, ...]
+    finished: tuple[str, ...]
+    diverged: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
 
 
 def _is_done(run: PlannedRun, done: set[str], options: RunnerOptions) -> bool:
     if run.run_id not in done:
         return False
-    if run.kind == "prune":
+    if isinstance(run, PruneRun):
         return (options.work_root / run.run_id / PRUNED_NAME).is_file()
-    # A teacher's result is only usable with its weights next to it.
-    return run.kind != "teacher" or (options.work_root / run.run_id / FINAL_NAME).is_file()
+    # A teacher's result is only usable with its weights next to it (a checked checkpoint is checked again).
+    return run.role != "teacher" or (options.work_root / run.run_id / FINAL_NAME).is_file()
+
+
+def run_plan(
+    plan: Plan,
+    host: PluginHost,
+    store: ResultsStore,
+    options: RunnerOptions,
+    on_run: Callable[[PlannedRun, str], None] | None = None,
+) -> SuiteReport:
+    """Execute every run of ``plan`` not already stored, in order; store each record; return what happened.
+
+    The datasets are loaded before the first run, so missing data stops at once with one
+    clear error. A run whose required run failed is stored as failed without running.
+    """
+    workspace = Workspace(host, options)
+    done = store.finished_ids()
+    pending = [run for run in plan if not _is_done(run, done, options)]
+    for dataset in dict.fromkeys(run.dataset for run in pending):
+        workspace.data(dataset)
+    pending_ids = {run.run_id for run in pending}
+    skipped = tuple(run.run_id for run in plan if run.run_id not in pending_ids)
+    outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": []}
+    unusable: dict[str, str] = {}  # run id → why runs needing it cannot go on
+    from tqdm.auto import tqdm
+
+    bar = tqdm(pending, desc=f"suite {plan.suite.name}", unit="run", disable=not options.engine.progress)
+    for run in bar:
+        bar.set_postfix_str(run.label)
+        blocked = next((needed for needed in run.requires if needed in unusable), None)
+        if blocked is not None:
+            result = RunResult(status="failed", error=f"needed run {blocked} failed: {unusable[blocked]}")
+            record = workspace.record(plan.suite.name, run, result, None)
+            store.put(record)
+        else:
+            record = execute_run(run, workspace, plan.suite.name, store)
+        status, error = record["status"], record["error"]
+        if status != "finished":
+            unusable[run.run_id] = error or status
+        if status == "failed":
+            outcome["failed"].append((run.run_id, error))
+        else:
+            outcome[status].append(run.run_id)
+        if on_run:
+            on_run(run, status)
+    return SuiteReport(
+        skipped=skipped,
+        finished=tuple(outcome["finished"]),
+        diverged=tuple(outcome["diverged"]),
+        failed=tuple(outcome["failed"]),
+    )
+
+
+def run_suite(
+    suite: SuiteSpec,
+    host: PluginHost,
+    store: ResultsStore,
+    options: RunnerOptions,
+    runs: Sequence[PlannedRun] | Plan | None = None,
+    on_run: Callable[[PlannedRun, str], None] | None = None,
+) -> SuiteReport:
+    """Plan ``suite`` (or take ``runs``) and execute every run not already stored (see :func:`run_plan`)."""
+    if isinstance(runs, Plan):
+        plan = runs
+    else:
+        plan = plan_suite(suite, host, options.teacher_overrides)
+        if runs is not None:
+            plan = plan.with_runs(runs)
+    return run_plan(plan, host, store, options, on_run)

@@ -152,8 +152,9 @@ class {cls}(Distiller):
         kd_weight: float = 0.9,
     ):
         super().__init__()
-        # Keyword arguments are the method's hyper-parameters: the engine passes the spec's
-        # `defaults`, updated by a suite's [distiller_params.{name}] table.
+        # Keyword arguments are the method's hyper-parameters; their defaults here are the spec's
+        # `defaults` (kdbench reads them from this signature: write the paper's values once, here),
+        # updated by a suite's [distiller_params.{name}] table.
         # `context` gives num_classes and the shapes of both models' signals. Connectors or
         # embeddings a method trains are submodules created here: the engine optimises them with
         # the student and reports them as training-only parameters. Never store the student or
@@ -177,14 +178,13 @@ class {cls}(Distiller):
 
 @kdbench.hookimpl
 def kdbench_register_distillers() -> list[DistillerSpec]:
-    """Tell kdbench about the method: its name, builder, published defaults and citation."""
+    """Tell kdbench about the method: its name, builder (whose keyword defaults are the published ones), citation."""
     return [
         DistillerSpec(
             name="{name}",
             builder={cls},
             description="Soft-target KD (template: describe the method in one line)",
             citation="Hinton, Vinyals & Dean, NIPS Deep Learning Workshop 2015 (template: cite the method's paper)",
-            defaults={{"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}},
             family="logit",  # "logit" or "feature": the group of the leaderboard the method is listed in
         )
     ]
@@ -269,6 +269,6 @@ kdbench run --suite smoke -p no:{name}     # disable the plugin like any other
 ## Edit
 
 `src/{package}/__init__.py` holds the method (`{cls}`, a `kdbench.Distiller`) and its
-registration (`kdbench_register_distillers`). Keep the spec's `defaults` equal to the paper's and
-cite it in `citation`; `kdbench.testing` keeps checking the contract as the method grows.
+registration (`kdbench_register_distillers`). Keep the keyword defaults of `__init__` (the spec's
+`defaults`, read from its signature) equal to the paper's and cite it in `citation`; `kdbench.testing` keeps checking the contract as the method grows.
 """

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, final
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from kdbench.distiller import Distiller
@@ -74,6 +75,8 @@ class ImageData:
     test_labels: torch.Tensor
 
     def __post_init__(self) -> None:
+        import torch
+
         for name in ("train_images", "test_images"):
             images = getattr(self, name)
             if images.dtype != torch.uint8 or images.dim() != 4:
@@ -103,20 +106,72 @@ class DatasetSpec:
     citation: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BuilderParameters:
+    """The hyper-parameters a builder takes: their names and the defaults its signature gives."""
+
+    names: frozenset[str]
+    defaults: Mapping[str, Any]
+
+
+def builder_parameters(builder: Callable[..., Any], skip: int) -> BuilderParameters | None:
+    """Return the parameters ``builder`` takes after its first ``skip`` positional ones (None: ``**kwargs``).
+
+    A builder whose signature cannot be read also gives None: it may take anything.
+    """
+    try:
+        parameters = list(inspect.signature(builder).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [p for p in parameters if p.kind in by_keyword]
+    defaults = {p.name: p.default for p in named if p.default is not inspect.Parameter.empty}
+    return BuilderParameters(frozenset(p.name for p in named), MappingProxyType(defaults))
+
+
+def _one_source_of_defaults(kind: str, name: str, given: Mapping[str, Any] | None, taken: BuilderParameters | None):
+    """Return the spec's defaults: ``given`` checked against the builder's own defaults, or the builder's.
+
+    A default written in both places must be the same JSON value (run ids hash it): a
+    mismatch raises ValueError naming the parameter, so the plugin fails to register.
+    """
+    if given is None:
+        return _frozen(taken.defaults if taken else {})
+    if taken is not None:
+        for key, value in given.items():
+            if key in taken.defaults and _json_text(taken.defaults[key]) != _json_text(value):
+                raise ValueError(
+                    f"{kind} {name!r}: default {key}={value!r} in the spec differs from the builder's "
+                    f"{key}={taken.defaults[key]!r}; write it once (leave `defaults` out to use the builder's)"
+                )
+    return _frozen(given)
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class DistillerSpec:
     """A training method: a builder for its :class:`kdbench.Distiller` and its published defaults.
 
     ``builder(student, teacher, context, **params)`` returns the distiller; the
-    engine calls it with ``defaults`` updated by the suite's overrides.
+    engine calls it with ``defaults`` updated by the suite's overrides. Left out,
+    ``defaults`` are the keyword defaults of the builder's signature; given, each must
+    equal the builder's own default for the same parameter (one source of truth).
     """
 
     name: str
     builder: Callable[..., Distiller]
     description: str
     citation: str = ""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] | None = None
     family: Family = "logit"
     needs_teacher: bool = True
 
@@ -125,7 +180,14 @@ class DistillerSpec:
             raise ValueError(
                 f"distiller {self.name!r}: family must be one of {', '.join(FAMILIES)}, got {self.family!r}"
             )
-        object.__setattr__(self, "defaults", _frozen(self.defaults))
+        taken = builder_parameters(self.builder, skip=3)
+        object.__setattr__(self, "defaults", _one_source_of_defaults("distiller", self.name, self.defaults, taken))
+
+    @property
+    def accepted_params(self) -> frozenset[str] | None:
+        """Return the parameter names the builder takes after (student, teacher, context); None: any."""
+        taken = builder_parameters(self.builder, skip=3)
+        return None if taken is None else taken.names
 
 
 @final
@@ -134,18 +196,26 @@ class PrunerSpec:
     """A pruning method: ``builder(**params)`` returns a :class:`kdbench.pruning.Pruner`.
 
     ``structured`` pruners remove whole channels (through torch-pruning's
-    dependency graph); unstructured ones zero individual weights.
+    dependency graph); unstructured ones zero individual weights. ``defaults`` work
+    as a distiller's: left out, the builder's keyword defaults; given, checked against them.
     """
 
     name: str
     builder: Callable[..., Any]
     description: str
     citation: str = ""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] | None = None
     structured: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "defaults", _frozen(self.defaults))
+        taken = builder_parameters(self.builder, skip=0)
+        object.__setattr__(self, "defaults", _one_source_of_defaults("pruner", self.name, self.defaults, taken))
+
+    @property
+    def accepted_params(self) -> frozenset[str] | None:
+        """Return the parameter names the builder takes; None: any."""
+        taken = builder_parameters(self.builder, skip=0)
+        return None if taken is None else taken.names
 
 
 @final

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["load_suite_file", "parse_suite"]
+__all__ = ["load_suite_file", "parse_suite", "suite_to_data"]
 
 _TOP_LEVEL = {
     "name": str,
@@ -94,6 +94,52 @@ def parse_suite(data: Mapping[str, Any], source: str = "<suite>") -> SuiteSpec:
         reference=data.get("reference", ""),
         source=source,
     )
+
+
+def _recipe_data(recipe: Recipe) -> dict[str, Any]:
+    data = {name: getattr(recipe, name) for name in sorted(_RECIPE_FIELDS)}
+    data["lr_milestones"] = list(recipe.lr_milestones)
+    data["lr_overrides"] = dict(recipe.lr_overrides)
+    return data
+
+
+def _nested(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: dict(values) for name, values in tables.items()}
+
+
+def suite_to_data(suite: SuiteSpec) -> dict[str, Any]:
+    """Return ``suite`` as the data of a suite file: ``parse_suite(suite_to_data(s))`` equals ``s`` (but its source).
+
+    Every recipe field is written out, so the data does not depend on this kdbench's defaults.
+    """
+    data: dict[str, Any] = {
+        "name": suite.name,
+        "description": suite.description,
+        "dataset": suite.dataset,
+        "pairs": [
+            {
+                "teacher": pair.teacher,
+                "student": pair.student,
+                "params": _nested(pair.params),
+                "skip": list(pair.skip),
+                "recipes": _nested(pair.recipes),
+            }
+            for pair in suite.pairs
+        ],
+        "distillers": list(suite.distillers),
+        "seeds": list(suite.seeds),
+        "recipe": _recipe_data(suite.recipe),
+        "teacher_seed": suite.teacher_seed,
+        "teachers": dict(suite.teachers),
+        "distiller_params": _nested(suite.distiller_params),
+        "method_recipes": _nested(suite.method_recipes),
+        "prune_after": [dict(stage) for stage in suite.prune_after],
+        "epoch_rule": suite.epoch_rule,
+        "reference": suite.reference,
+    }
+    if suite.teacher_recipe is not None:
+        data["teacher_recipe"] = _recipe_data(suite.teacher_recipe)
+    return data
 
 
 def _recipe(table: Mapping[str, Any], where: str, key: str) -> Recipe:

@@ -31,12 +31,12 @@ from torch import nn
 from kdbench._plugins import PluginHost, create_plugin_host
 from kdbench.augment import normalize
 from kdbench.distiller import Batch, Distiller, Progress
-from kdbench.engine import EngineOptions, TrainedModel, _atomic_save, _Run
+from kdbench.engine import EngineOptions, RunState, TrainedModel
 from kdbench.errors import KdbenchError
 from kdbench.features import SIGNALS, FeatureCapture, FeatureTaps
+from kdbench.files import atomic_torch_save
 from kdbench.hookspecs import hookimpl
-from kdbench.runner import _accepted_params, _config
-from kdbench.specs import AugmentSpec, DatasetSpec, DistillerSpec, ImageData, ModelSpec, PrunerSpec, Recipe, SuiteSpec
+from kdbench.specs import AugmentSpec, DatasetSpec, DistillerSpec, ImageData, ModelSpec, PrunerSpec, Recipe
 
 __all__ = [
     "TinyNet",
@@ -302,15 +302,21 @@ class _DistillerBench:
         self.recipe = Recipe(epochs=2, batch_size=_BATCH, lr=0.05, lr_milestones=(), eval_batch_size=64)
         self.params = {**spec.defaults, **params}
 
-    def state(self, pair: _Pair) -> _Run:
-        suite = SuiteSpec(name="kdbench-testing", description="", dataset=self.dataset.name, pairs=())
-        config = _config(suite, pair.student, self.spec.name, self.params, 0, self.recipe)
+    def state(self, pair: _Pair) -> RunState:
         teacher = None
         if self.spec.needs_teacher:
             torch.manual_seed(_TEACHER_SEED)
             module = tiny_model(pair.teacher, self.dataset.num_classes).eval().requires_grad_(False)
             teacher = TrainedModel(pair.teacher, module)
-        state = _Run(config, self.host, self.dataset, self.data, teacher, EngineOptions())
+        torch.manual_seed(0)
+        student = tiny_model(pair.student, self.dataset.num_classes)
+        factory = functools.partial(self.spec.builder, **self.params)
+        options = EngineOptions()
+        identity = {"distiller": self.spec.name, "params": dict(self.params), "pair": [pair.teacher, pair.student]}
+        state = RunState(
+            student, factory, teacher, self.recipe, 0, self.dataset, self.data, options,
+            student_name=pair.student, identity=identity,
+        )  # fmt: skip
         _require(
             isinstance(state.distiller, Distiller),
             self.subject,
@@ -350,7 +356,7 @@ class _DistillerBench:
         return f"{self.subject}: {what}: {exc}"
 
 
-def _check_parts_are_its_own(subject: str, state: _Run) -> None:
+def _check_parts_are_its_own(subject: str, state: RunState) -> None:
     models = {id(p) for p in state.student.parameters()}
     if state.teacher is not None:
         models |= {id(p) for p in state.teacher.module.parameters()}
@@ -371,7 +377,7 @@ def _check_parts_are_its_own(subject: str, state: _Run) -> None:
         _require(declared <= SIGNALS, subject, f"{who}_signals {sorted(declared)} must be among {sorted(SIGNALS)}")
 
 
-def _check_round_trip(bench: _DistillerBench, pair: _Pair, state: _Run) -> None:
+def _check_round_trip(bench: _DistillerBench, pair: _Pair, state: RunState) -> None:
     clone = bench.state(pair)
     with _rule(bench.subject, "its state_dict must load strictly into a freshly built copy"):
         clone.distiller.load_state_dict(state.distiller.state_dict(), strict=True)
@@ -414,7 +420,7 @@ def _check_phases(bench: _DistillerBench, pair: _Pair) -> None:
 def _check_main_epoch(bench: _DistillerBench, pair: _Pair) -> dict[str, float]:
     """Train one main epoch through the engine; return its mean loss terms."""
     subject, state = bench.subject, bench.state(pair)
-    main = state.segments[-1].start
+    main = state.main_segment.start
     student_before = {n: p.detach().clone() for n, p in state.student.named_parameters()}
     teacher_before = _snapshot(state.teacher.module) if state.teacher else {}
     with _rule(subject, "one epoch of main training through the engine must run"):
@@ -442,7 +448,7 @@ def _check_main_epoch(bench: _DistillerBench, pair: _Pair) -> dict[str, float]:
 
 def _check_deterministic(bench: _DistillerBench, pair: _Pair, expected: Mapping[str, float]) -> None:
     state = bench.state(pair)
-    got = {k: float(v) for k, v in state.train_epoch(state.segments[-1].start).items()}
+    got = {k: float(v) for k, v in state.train_epoch(state.main_segment.start).items()}
     _require(
         got == dict(expected),
         bench.subject,
@@ -469,13 +475,10 @@ def _graph_leaves(terms: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
 def _check_fits_a_batch(bench: _DistillerBench, pair: _Pair, steps: int) -> None:
     """Run the engine's step on one fixed batch: the loss must fall and train only registered parameters."""
     subject, state = bench.subject, bench.state(pair)
-    segment = state.segments[-1]
-    optimizer = state._use_optimizer(segment)
-    student_signals, teacher_signals = state.distiller.signals(None)
-    student_capture = FeatureCapture(state.student, student_signals | {"logits"})
-    teacher_capture = None
-    if state.teacher is not None and teacher_signals:
-        teacher_capture = FeatureCapture(state.teacher.module, teacher_signals)
+    segment = state.main_segment
+    optimizer = state.optimizer_for(segment)
+    student_capture, teacher_capture = state.captures(segment)
+    assert student_capture is not None
     known = {id(p) for p in (*state.student.parameters(), *state.distiller.parameters())}
     stray: list[tuple[int, ...]] = []
     detached: set[str] = set()
@@ -499,7 +502,7 @@ def _check_fits_a_batch(bench: _DistillerBench, pair: _Pair, steps: int) -> None
             )
             progress = Progress(epoch=0, epochs=state.recipe.epochs, step=step, steps_per_epoch=steps)
             with _rule(subject, "the engine's training step must run"):
-                terms = state._step(segment, student_capture, teacher_capture, batch, progress, optimizer)
+                terms = state.step(segment, student_capture, teacher_capture, batch, progress, optimizer)
             losses.append(sum(_check_terms(subject, "main training", terms).values()))
     finally:
         del state.distiller.step
@@ -523,12 +526,12 @@ def _check_fits_a_batch(bench: _DistillerBench, pair: _Pair, steps: int) -> None
 
 def _check_resume_is_exact(bench: _DistillerBench, pair: _Pair) -> None:
     first = bench.state(pair)
-    main = first.segments[-1].start
+    main = first.main_segment.start
     resume_at = main if main else 1
     first.train_epoch(0)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "checkpoint.pt"
-        _atomic_save(first.state(resume_at - 1), checkpoint)
+        atomic_torch_save(first.checkpoint(resume_at - 1), checkpoint)
         expected = {k: float(v) for k, v in first.train_epoch(resume_at).items()}
         second = bench.state(pair)
         with _rule(bench.subject, "a checkpoint must resume (state_dict holds every buffer it needs)"):
@@ -541,7 +544,7 @@ def _check_resume_is_exact(bench: _DistillerBench, pair: _Pair) -> None:
 
 
 def _check_params_taken(subject: str, spec: DistillerSpec, params: Mapping[str, Any]) -> None:
-    accepted = _accepted_params(spec.builder)
+    accepted = spec.accepted_params
     if accepted is None:  # the builder takes **kwargs
         return
     unknown = sorted(set(spec.defaults) - accepted)
@@ -597,11 +600,12 @@ def check_distiller(
 # Pruners
 
 
-def _calibration(model: nn.Module) -> None:
+def _calibration() -> Any:
+    from kdbench.pruning import calibration_from_batches
+
     data = synthetic_image_data(10, train=32, test=1)
     images = normalize(data.train_images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    for chunk, labels in zip(images.split(16), data.train_labels.split(16)):
-        F.cross_entropy(model(chunk), labels).backward()
+    return calibration_from_batches(zip(images.split(16), data.train_labels.split(16)))
 
 
 def _pruned_copy(subject: str, host: PluginHost, name: str, structured: bool, ratio: float) -> nn.Module:
@@ -617,7 +621,7 @@ def _pruned_copy(subject: str, host: PluginHost, name: str, structured: bool, ra
     torch.manual_seed(0)
     model = tiny_model("tiny_teacher").eval()
     settings = PruneSettings(ratio=ratio, round_to=None)
-    calibration = _calibration if instance.needs_gradients else None
+    calibration = _calibration() if instance.needs_gradients else None
     with _rule(subject, f"pruning tiny_teacher at ratio {ratio} must work"):
         pruned = prune_model(host, model, name, {}, torch.zeros(2, 3, 32, 32), settings, calibration)
     _require(isinstance(pruned, nn.Module), subject, f"prune() must return the model, got {type(pruned).__name__}")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from kdbench import SuiteSpec, hookimpl
-from kdbench.suites import load_suite_file
+from kdbench import SuiteSpec, hookimpl, load_suite_file
 
 __all__: list[str] = []
 

@@ -1,4 +1,5 @@
-"""Device-side crop+flip: reachability, zero padding, equality with torchvision, uniformity, normalisation."""
+"""Device-side crop+flip (reachability, zero padding, equality with torchvision, uniformity, normalisation),
+RandAugment and Cutout (equality with PIL)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms
 from torchvision.transforms.v2 import functional as TF
 
-from kdbench.augment import Views, apply_views, draw_views, normalize, num_views, random_crop_flip, view_index
+from kdbench.augment import (
+    OPS,
+    Views,
+    apply_rand_augment_ops,
+    apply_views,
+    cutout,
+    draw_views,
+    normalize,
+    num_views,
+    rand_augment,
+    random_crop_flip,
+    view_index,
+)
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -156,6 +169,78 @@ def test_normalize_matches_to_tensor_and_normalize() -> None:
     # Same float32 operations in the same order: the numbers are identical, not just close.
     assert torch.equal(got[0], expected)
     assert torch.equal(normalize(chw, CIFAR100_MEAN, CIFAR100_STD), expected)
+
+
+# ------------------------------------------------------------------------------------------------ RandAugment, Cutout
+
+
+def _pil_op(name: str, image: Image.Image, v: float) -> Image.Image:
+    """The reference's RandAugment operations, called on PIL (``mdistiller/dataset/cifar100.py``)."""
+    size = image.size
+    return {
+        "AutoContrast": lambda: ImageOps.autocontrast(image),
+        "Brightness": lambda: ImageEnhance.Brightness(image).enhance(v),
+        "Color": lambda: ImageEnhance.Color(image).enhance(v),
+        "Contrast": lambda: ImageEnhance.Contrast(image).enhance(v),
+        "Equalize": lambda: ImageOps.equalize(image),
+        "Identity": lambda: image,
+        "Posterize": lambda: ImageOps.posterize(image, max(1, int(v))),
+        "Rotate": lambda: image.rotate(v),
+        "Sharpness": lambda: ImageEnhance.Sharpness(image).enhance(v),
+        "ShearX": lambda: image.transform(size, Image.AFFINE, (1, v, 0, 0, 1, 0)),
+        "ShearY": lambda: image.transform(size, Image.AFFINE, (1, 0, 0, v, 1, 0)),
+        "Solarize": lambda: ImageOps.solarize(image, v),
+        "TranslateX": lambda: image.transform(size, Image.AFFINE, (1, 0, v * size[0], 0, 1, 0)),
+        "TranslateY": lambda: image.transform(size, Image.AFFINE, (1, 0, 0, 0, 1, v * size[1])),
+    }[name]()
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    array = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def _from_pil(image: Image.Image) -> torch.Tensor:
+    array = np.array(image)
+    return torch.from_numpy(array[:, :, None] if array.ndim == 2 else array).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)])
+@pytest.mark.parametrize("op", range(len(OPS)))
+def test_rand_augment_ops_equal_pil(op: int, shape: tuple[int, int, int]) -> None:
+    generator = torch.Generator().manual_seed(100 + op)
+    images = torch.randint(0, 256, (8, *shape), generator=generator, dtype=torch.uint8)
+    images[:3] = images[:3] // 4 + 60  # low-contrast images: autocontrast and equalize have work to do
+    name, low, high = OPS[op]
+    values = low + (high - low) * torch.rand(8, generator=generator, dtype=torch.float64)
+    got = apply_rand_augment_ops(images, torch.full((8,), op), values)
+    for i in range(8):
+        expected = _from_pil(_pil_op(name, _to_pil(images[i]), float(values[i])))
+        assert torch.equal(got[i], expected), (name, i, float(values[i]))
+
+
+def test_cutout_equals_pil_rectangle() -> None:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    fractions = torch.rand(40, generator=generator, dtype=torch.float64) * 0.5
+    fractions[:3] = 0.0
+    x, y = (32 - 31 * torch.rand(40, generator=generator, dtype=torch.float64) for _ in range(2))
+    got = cutout(images, fractions, x, y)
+    for i in range(40):
+        image, side = _to_pil(images[i]).copy(), float(fractions[i]) * 32
+        if side > 0:
+            x0, y0 = int(max(0, float(x[i]) - side / 2)), int(max(0, float(y[i]) - side / 2))
+            ImageDraw.Draw(image).rectangle((x0, y0, min(32, x0 + side), min(32, y0 + side)), (125, 123, 114))
+        assert torch.equal(got[i], _from_pil(image)), i
+
+
+def test_rand_augment_is_reproducible_and_the_identity_without_operations() -> None:
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=_generator(0))
+    first = rand_augment(images, _generator(5))
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    assert torch.equal(first, rand_augment(images, _generator(5)))
+    assert not torch.equal(first, rand_augment(images, _generator(6)))
+    assert torch.equal(rand_augment(images, _generator(5), num_ops=0, cutout_max=0.0), images)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

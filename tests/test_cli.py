@@ -10,7 +10,7 @@ import pytest
 from conftest import make_distribution
 
 from kdbench.cli import main
-from kdbench.runner import plan_suite
+from kdbench.plan import TrainRun, plan_suite
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -100,7 +100,8 @@ def test_dry_run_plans_every_run_without_data(host, tmp_path: Path, capsys: pyte
     assert f"{5 + 18 + 3 * per_pair} runs, 0 already stored" in out
     assert "resnet32x4→resnet8x4" in out and "240" in out and "to run" in out
     line = next(row for row in out.splitlines() if " dkd " in row and "resnet56→resnet20" in row)
-    assert line.split()[0] in {r.run_id for r in plan_suite(suite, host) if r.config["params"].get("beta") == 2.0}
+    beta_2 = {r.run_id for r in plan_suite(suite, host) if isinstance(r, TrainRun) and r.params.get("beta") == 2.0}
+    assert line.split()[0] in beta_2
 
 
 def test_listings_show_registries_with_citations(capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,7 +200,7 @@ def test_an_unreadable_teacher_checkpoint_is_blamed_and_kept(
     arguments += ["--teacher", f"digits_cnn_l={checkpoint}", "--results", str(tmp_path / "r.sqlite")]
     assert main([*arguments, "--work-dir", str(tmp_path / "runs")]) == 1
     error = capsys.readouterr().err
-    assert f"cannot read checkpoint {checkpoint}" in error and "check the checkpoint given for teacher" in error
+    assert f"cannot read checkpoint {checkpoint}" in error and "check the checkpoint given for digits_cnn_l" in error
     assert "delete it" not in error and checkpoint.read_bytes() == b""  # the user's file: never "delete it"
 
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from kdbench_plugins.distillers.kd import kd_loss
 
 import kdbench
 from kdbench import Batch, Progress, Signals
+from kdbench.losses import kd_loss
 
 
 def _kd_reference(student: list[list[float]], teacher: list[list[float]], temperature: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from torch import nn
 import kdbench
 from kdbench import Batch, Distiller, DistillerSpec, Phase, hookimpl
 from kdbench.errors import PluginError
+from kdbench.plan import TrainRun, plan_suite
 from kdbench.results import ResultsStore
-from kdbench.runner import RunnerOptions, plan_suite, run_suite
+from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suites import load_suite_file
 
 
@@ -151,13 +153,17 @@ def test_prepare_batch_views_reach_both_models(tiny_suite_file: Path, tmp_path: 
 
 
 def test_a_method_may_bring_its_own_optimiser_and_step(tiny_suite_file: Path, tmp_path: Path) -> None:
-    from kdbench.engine import EngineOptions, _Run
+    from kdbench.engine import EngineOptions, RunState
 
     host = _host()
     suite = _suite(tiny_suite_file, "counting")
-    run = next(r for r in plan_suite(suite, host) if r.config["distiller"] == "counting")
+    run = next(r for r in plan_suite(suite, host) if isinstance(r, TrainRun) and r.method == "counting")
     dataset = host.datasets.get("digits")
-    state = _Run(run.config, host, dataset, dataset.loader(tmp_path, False), None, EngineOptions())
+    student = kdbench.create_model(run.model, dataset.num_classes, host=host)
+    builder = host.distillers.get("counting").builder
+    factory = functools.partial(builder, **run.params)
+    data = dataset.loader(tmp_path, False)
+    state = RunState(student, factory, None, run.recipe, run.seed, dataset, data, EngineOptions())
     state.train_epoch(0)
     assert state.distiller.steps == 12  # 1,438 samples in batches of 128
     group = state.optimizer.param_groups[0]
@@ -173,14 +179,14 @@ def test_a_raising_observer_fails_the_run_by_name(tiny_suite_file: Path, tmp_pat
 
 
 def test_chunks_forward_each_view_separately() -> None:
-    from kdbench.engine import _forward
+    from kdbench.engine import forward_signals
     from kdbench.features import FeatureCapture
 
     model = kdbench.create_model("digits_cnn_s").train()
     images = torch.randn(6, 1, 8, 8)
     with FeatureCapture(model, {"logits", "feats", "embedding"}) as capture:
-        joint = _forward(capture, Batch(images, torch.zeros(6), torch.arange(6)))
-        split = _forward(capture, Batch(images, torch.zeros(6), torch.arange(6), chunks=(3, 3)))
+        joint = forward_signals(capture, Batch(images, torch.zeros(6), torch.arange(6)))
+        split = forward_signals(capture, Batch(images, torch.zeros(6), torch.arange(6), chunks=(3, 3)))
         first = capture(images[:3])
     # In train mode BatchNorm uses the statistics of what it sees: per view differs from joint.
     assert not torch.allclose(joint.logits, split.logits)

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
 import kdbench
-from kdbench.engine import EngineOptions, TrainedModel, _Run
-from kdbench.runner import plan_suite
+from kdbench.engine import EngineOptions, RunState, TrainedModel
+from kdbench.plan import TrainRun, plan_suite
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _kd_state(host: kdbench.PluginHost, options: EngineOptions) -> _Run:
+def _kd_state(host: kdbench.PluginHost, options: EngineOptions) -> RunState:
     suite = host.suites.get("smoke")
-    run = next(r for r in plan_suite(suite, host) if r.config["distiller"] == "kd")
+    run = next(r for r in plan_suite(suite, host) if isinstance(r, TrainRun) and r.method == "kd")
     dataset = host.datasets.get("digits")
     data = dataset.loader(None, False)
     teacher = kdbench.create_model("digits_cnn_l", host=host).to(options.device).eval().requires_grad_(False)
-    return _Run(run.config, host, dataset, data, TrainedModel("digits_cnn_l", teacher), options)
+    torch.manual_seed(run.seed)
+    student = kdbench.create_model(run.model, dataset.num_classes, host=host)
+    factory = functools.partial(host.distillers.get("kd").builder, **run.params)
+    teacher_model = TrainedModel("digits_cnn_l", teacher)
+    return RunState(student, factory, teacher_model, run.recipe, run.seed, dataset, data, options)
 
 
 def test_a_training_epoch_never_synchronises_with_the_host(host: kdbench.PluginHost) -> None:

@@ -3,6 +3,7 @@ shown, efficiency and plots, the README index, drift detected by ``--check``."""
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import replace
@@ -21,8 +22,8 @@ from kdbench.leaderboard import (
     render_leaderboard,
     summarize_leaderboard,
 )
+from kdbench.plan import plan_suite
 from kdbench.results import ResultsStore, read_jsonl, write_jsonl
-from kdbench.runner import plan_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def _records(plan, top1_of) -> list[dict]:
             {
                 "run_id": run.run_id,
                 "suite": "x",
-                "kind": run.kind,
+                "kind": run.role,
                 "status": "finished",
-                "config": dict(run.config),
+                "config": run.to_config(),
                 "best_top1": value + 0.5,
                 "last_top1": value,
                 "best_epoch": 1,
@@ -65,10 +66,6 @@ def _records(plan, top1_of) -> list[dict]:
     return records
 
 
-def _families(host) -> dict[str, str]:
-    return {spec.name: spec.family for spec in host.distillers}
-
-
 @pytest.fixture
 def similar(host):
     suite = host.suites.get("cifar100-similar")
@@ -80,13 +77,13 @@ def test_cells_show_mean_std_n_and_paper_claims_in_the_right_place(host, similar
     seed_values = {0: 70.0, 1: 71.0, 2: 72.5}
 
     def top1(run):
-        if run.kind == "teacher":
+        if run.role == "teacher":
             return 75.0
-        if run.config["distiller"] == "kd" and run.config["student"] == "resnet8x4":
-            return seed_values[run.config["seed"]]
+        if run.to_config()["distiller"] == "kd" and run.to_config()["student"] == "resnet8x4":
+            return seed_values[run.to_config()["seed"]]
         return None  # everything else not run yet
 
-    text = render_leaderboard(suite, plan, _records(plan, top1), _families(host), load_reported())
+    text = render_leaderboard(plan, _records(plan, top1), load_reported())
     mean, std, n = cell_stats([70.0, 71.0, 72.5])
     assert n == 3 and std == pytest.approx(1.2583, abs=1e-4)
     kd_row = next(line for line in text.splitlines() if line.startswith("| kd "))
@@ -111,16 +108,16 @@ def test_cells_show_mean_std_n_and_paper_claims_in_the_right_place(host, similar
 
 
 def test_rendering_is_byte_stable_and_independent_of_record_order(host, similar) -> None:
-    suite, plan = similar
+    _, plan = similar
     records = _records(plan, lambda run: 60 + len(run.run_id) % 7 + int(run.run_id[:2], 16) / 100)
-    first = render_leaderboard(suite, plan, records, _families(host), load_reported())
-    digests = [plot.digest for plot in leaderboard_plots(suite, plan, records)]
-    index = render_index([summarize_leaderboard(suite, plan, records)])
+    first = render_leaderboard(plan, records, load_reported())
+    digests = [plot.digest for plot in leaderboard_plots(plan, records)]
+    index = render_index([summarize_leaderboard(plan, records)])
     random.Random(1).shuffle(records)
-    assert render_leaderboard(suite, plan, records, _families(host), load_reported()) == first
-    assert [plot.digest for plot in leaderboard_plots(suite, plan, records)] == digests and len(digests) == 2
-    assert render_index([summarize_leaderboard(suite, plan, records)]) == index
-    board = render_board(suite, plan, records, _families(host), load_reported())  # what the command writes
+    assert render_leaderboard(plan, records, load_reported()) == first
+    assert [plot.digest for plot in leaderboard_plots(plan, records)] == digests and len(digests) == 2
+    assert render_index([summarize_leaderboard(plan, records)]) == index
+    board = render_board(plan, records, load_reported())  # what the command writes
     assert board.markdown == first and [plot.digest for plot in board.plots] == digests
     assert render_index([board.summary]) == index
     assert "—" not in first.split("## Top-1 accuracy")[1].split("## Efficiency")[0].replace("<br>", "")
@@ -131,9 +128,8 @@ class _SecondMethod:
     def kdbench_register_distillers(self):
         from kdbench_plugins.distillers.kd import KD
 
-        return [
-            kdbench.DistillerSpec(name="kd_hot", builder=KD, description="KD at T=8", defaults={"temperature": 8.0})
-        ]
+        hot = functools.partial(KD, temperature=8.0)  # a variant binds its own defaults
+        return [kdbench.DistillerSpec(name="kd_hot", builder=hot, description="KD at T=8")]
 
 
 def test_best_method_per_column_is_bold() -> None:
@@ -142,11 +138,11 @@ def test_best_method_per_column_is_bold() -> None:
     plan = plan_suite(suite, host)
 
     def top1(run):
-        if run.kind == "teacher":
+        if run.role == "teacher":
             return 99.0
-        return {"vanilla": 90.0, "kd": 95.0, "kd_hot": 94.0}[run.config["distiller"]]
+        return {"vanilla": 90.0, "kd": 95.0, "kd_hot": 94.0}[run.to_config()["distiller"]]
 
-    text = render_leaderboard(suite, plan, _records(plan, top1), _families(host))
+    text = render_leaderboard(plan, _records(plan, top1))
     assert text.count("**95.50 ± 0.00** (n=3)") == 2  # kd wins both columns (best-epoch rule: +0.5)
     assert text.count("94.50 ± 0.00 (n=3)") == 2 and "**94.50" not in text
     assert "**90.50" not in text  # the student row is not a method
@@ -159,7 +155,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 def test_rendering_from_a_database_missing_runs_keeps_the_published_ones(host, tmp_path, capsys) -> None:
     suite = host.suites.get("smoke")
     plan = plan_suite(suite, host)
-    records = _records(plan, lambda run: 97.0 + (run.config.get("seed") or 0))
+    records = _records(plan, lambda run: 97.0 + (run.to_config().get("seed") or 0))
     out, full, partial = tmp_path / "boards", tmp_path / "full.sqlite", tmp_path / "partial.sqlite"
     with ResultsStore(full) as store:
         for record in records:
@@ -185,7 +181,7 @@ def test_leaderboard_command_writes_every_file_and_check_detects_drift_without_r
     plan = plan_suite(suite, host)
     db = tmp_path / "r.sqlite"
     with ResultsStore(db) as store:
-        for record in _records(plan, lambda run: 97.0 + (run.config.get("seed") or 0)):
+        for record in _records(plan, lambda run: 97.0 + (run.to_config().get("seed") or 0)):
             store.put(record)
     out = tmp_path / "boards"
     write = ["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]
@@ -199,8 +195,10 @@ def test_leaderboard_command_writes_every_file_and_check_detects_drift_without_r
         "smoke-accuracy-vs-macs.svg",
         "smoke.jsonl",
         "smoke.md",
+        "smoke.plan.json",
     ]
     assert len(read_jsonl(out / "smoke.jsonl")) == len(plan)
+    assert kdbench.Plan.load(out / "smoke.plan.json").to_json() == plan.to_json()  # the plan it was rendered with
     assert written["smoke-accuracy-vs-macs.png"].startswith(b"\x89PNG")
     assert b"<svg" in written["smoke-accuracy-vs-macs.svg"]
     assert "[smoke](smoke.md)" in written["README.md"].decode()
@@ -237,8 +235,8 @@ def test_committed_leaderboards_are_fresh(capsys) -> None:
 
 
 def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
-    suite, plan = similar
-    text = render_leaderboard(suite, plan, [], _families(host), load_reported())
+    _, plan = similar
+    text = render_leaderboard(plan, [], load_reported())
     section = text.split("*Published only (not run by kdbench)*")[1].split("\n\n")[0]
     askd = next(line for line in section.splitlines() if line.startswith("| ASKD "))
     assert "n/a · paper 75.34" in askd  # ASKD README, resnet32x4→resnet8x4
@@ -271,7 +269,7 @@ def test_efficiency_table_shows_throughput_at_batch_256_and_dashes_for_untimed_s
             {"batch_size": 64, "median_ms": 4.0, "device_name": "cpu"},
         ],
     )
-    text = render_leaderboard(suite, plan, records, _families(host))
+    text = render_leaderboard(plan, records)
     section = text.split("## Efficiency")[1].split("## Accuracy vs cost")[0]
     header = _cells(section, "model")
     assert header == [
@@ -314,7 +312,7 @@ def test_missing_runs_are_listed_by_seed_and_failures_with_their_status(host) ->
     suite = host.suites.get("smoke")
     plan = plan_suite(suite, host)
     records = _records(plan, lambda run: 97.0)
-    text = render_leaderboard(suite, plan, records, _families(host))
+    text = render_leaderboard(plan, records)
     assert "- **13/13 runs stored**." in text and "All 13 planned runs are stored." in text
 
     def find(method: str, student: str, seed: int) -> dict:
@@ -327,7 +325,7 @@ def test_missing_runs_are_listed_by_seed_and_failures_with_their_status(host) ->
     records.remove(find("kd", "digits_cnn_s", 1))
     failed = find("vanilla", "digits_cnn_m", 2)
     failed.update(status="failed", best_top1=None, last_top1=None, error="RuntimeError: boom | bad\nTraceback ...")
-    text = render_leaderboard(suite, plan, records, _families(host))
+    text = render_leaderboard(plan, records)
     assert "- **11/13 runs stored** (1 failed); the others are listed under *Runs not stored yet*." in text
     section = text.split("## Runs not stored yet")[1].split("## Efficiency")[0]
     assert "All 13" not in section and "2 of 13 planned runs have no result" in section
@@ -343,8 +341,8 @@ def test_missing_runs_are_listed_by_seed_and_failures_with_their_status(host) ->
 def test_plots_show_one_point_per_student_and_method_and_are_embedded(host) -> None:
     suite = host.suites.get("smoke")
     plan = plan_suite(suite, host)
-    records = _records(plan, lambda run: 90.0 + (run.config.get("seed") or 0) + (run.config["distiller"] == "kd"))
-    plots = {plot.kind: plot for plot in leaderboard_plots(suite, plan, records)}
+    records = _records(plan, lambda run: 90.0 + (run.seed or 0) + (getattr(run, "method", "") == "kd"))
+    plots = {plot.kind: plot for plot in leaderboard_plots(plan, records)}
     assert sorted(plots) == ["latency", "macs"]
     macs = plots["macs"]
     assert macs.stem == "smoke-accuracy-vs-macs"
@@ -360,13 +358,13 @@ def test_plots_show_one_point_per_student_and_method_and_are_embedded(host) -> N
     # best epoch: last + 0.5; seeds 0, 1, 2 → 91.5, 92.5, 93.5; MACs 2,000,000 → 2 M; latency b=1 1.5 ms.
     assert (kd.x, kd.top1, kd.n) == (2.0, 92.5, 3)
     assert {p.x for p in plots["latency"].points} == {1.5}
-    text = render_leaderboard(suite, plan, records, _families(host))
+    text = render_leaderboard(plan, records)
     assert "![smoke: top-1 vs MACs](smoke-accuracy-vs-macs.svg)" in text
     assert "![smoke: top-1 vs latency at batch 1](smoke-accuracy-vs-latency.svg)" in text
     for record in records:
         record["profile"] = None
-    assert leaderboard_plots(suite, plan, records) == []
-    text = render_leaderboard(suite, plan, records, _families(host))
+    assert leaderboard_plots(plan, records) == []
+    text = render_leaderboard(plan, records)
     assert "No plot yet: no run with a stored top-1 has been profiled." in text and "![" not in text
 
 
@@ -375,9 +373,9 @@ def test_index_lists_every_leaderboard_and_check_catches_a_stale_index(host, tmp
     smoke, cifar10 = host.suites.get("smoke"), host.suites.get("cifar10")
     write_jsonl(_records(plan_suite(smoke, host), lambda run: 97.0), out / "smoke.jsonl")
     cifar_plan = plan_suite(cifar10, host)
-    kd_only = _records(cifar_plan, lambda run: 80.0 if run.config["distiller"] == "kd" else None)
+    kd_only = _records(cifar_plan, lambda run: 80.0 if run.to_config()["distiller"] == "kd" else None)
     write_jsonl(kd_only, out / "cifar10.jsonl")
-    assert main(["leaderboard", "--from-jsonl", "--out", str(out)]) == 0
+    assert main(["leaderboard", "--from-jsonl", "--suite", "smoke", "--suite", "cifar10", "--out", str(out)]) == 0
     index = (out / "README.md").read_text(encoding="utf-8")
     rows = [line for line in index.splitlines() if line.startswith("| [")]
     assert [row.split("]")[0] for row in rows] == ["| [cifar10", "| [smoke"]  # sorted by name
@@ -402,15 +400,19 @@ def test_index_lists_every_leaderboard_and_check_catches_a_stale_index(host, tmp
     assert main(["leaderboard", "--check", "--suite", "smoke", "--out", str(out)]) == 1  # still checked
 
 
-def test_a_record_file_without_a_registered_suite_is_named(host, tmp_path, capsys) -> None:
+def test_a_record_file_without_its_plan_is_named_and_the_other_boards_are_still_checked(host, tmp_path, capsys) -> None:
+    smoke = host.suites.get("smoke")
+    write_jsonl(_records(plan_suite(smoke, host), lambda run: 97.0), tmp_path / "smoke.jsonl")
+    assert main(["leaderboard", "--from-jsonl", "--suite", "smoke", "--out", str(tmp_path)]) == 0
     write_jsonl([], tmp_path / "nowhere.jsonl")
-    assert main(["leaderboard", "--check", "--out", str(tmp_path)]) == 2
-    assert "nowhere" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["leaderboard", "--check", "--out", str(tmp_path)]) == 1
+    report = capsys.readouterr().out
+    assert "leaderboard nowhere: CANNOT RENDER" in report and "no nowhere.plan.json" in report
+    assert "leaderboard smoke: up to date" in report
 
 
-def test_a_board_rendered_from_a_suite_file_keeps_it_for_later_commands(
-    host, tiny_suite_file, tmp_path, capsys
-) -> None:
+def test_a_board_rendered_from_a_suite_file_needs_the_file_no_more(host, tiny_suite_file, tmp_path, capsys) -> None:
     tiny = kdbench.load_suite_file(tiny_suite_file)
     smoke = host.suites.get("smoke")
     db = tmp_path / "r.sqlite"
@@ -420,21 +422,20 @@ def test_a_board_rendered_from_a_suite_file_keeps_it_for_later_commands(
                 store.put(record)
     out = tmp_path / "boards"
     assert main(["leaderboard", "--suite", str(tiny_suite_file), "--results", str(db), "--out", str(out)]) == 0
-    assert (out / "tiny.suite.toml").read_bytes() == tiny_suite_file.read_bytes()
-    tiny_suite_file.unlink()  # later commands render the board from the kept copy
+    assert kdbench.Plan.load(out / "tiny.plan.json").suite.pairs == tiny.pairs  # the plan holds the suite
+    tiny_suite_file.unlink()  # later commands render the board from its plan
     assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
     index = (out / "README.md").read_text(encoding="utf-8")
     assert "[tiny](tiny.md)" in index and "[smoke](smoke.md)" in index
     capsys.readouterr()
     assert main(["leaderboard", "--check", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("up to date") == 3  # two boards and the index
-    assert main(["leaderboard", "--check", "--suite", "tiny", "--out", str(out)]) == 0  # by name, via the copy
-    assert main(["leaderboard", "--from-jsonl", "--suite", "tiny", "--out", str(out)]) == 0
-    assert (out / "tiny.suite.toml").exists()
+    assert main(["leaderboard", "--check", "--suite", "tiny", "--out", str(out)]) == 0  # by name
+    assert main(["leaderboard", "--from-jsonl", "--suite", "tiny", "--out", str(out)]) == 0  # re-planned from it
     capsys.readouterr()
-    (out / "tiny.suite.toml").unlink()
-    assert main(["leaderboard", "--check", "--out", str(out)]) == 2
-    assert "no registered suite 'tiny' renders it" in capsys.readouterr().err
+    (out / "tiny.plan.json").unlink()
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 1
+    assert "no tiny.plan.json" in capsys.readouterr().out
 
 
 def test_a_changed_suite_keeps_the_records_it_no_longer_plans(host, tiny_suite_file, tmp_path, capsys) -> None:
@@ -468,9 +469,10 @@ def test_rendering_a_registered_suite_replaces_a_file_suite_of_the_same_name(hos
         encoding="utf-8",
     )
     assert main(["leaderboard", "--suite", str(own), "--results", str(db), "--out", str(out)]) == 0
-    assert (out / "smoke.suite.toml").exists() and "my copy" in (out / "smoke.md").read_text(encoding="utf-8")
+    assert "my copy" in (out / "smoke.md").read_text(encoding="utf-8")
     assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out)]) == 0
-    assert not (out / "smoke.suite.toml").exists() and "my copy" not in (out / "smoke.md").read_text(encoding="utf-8")
+    assert "my copy" not in (out / "smoke.md").read_text(encoding="utf-8")
+    assert "my copy" not in (out / "smoke.plan.json").read_text(encoding="utf-8")
     assert main(["leaderboard", "--check", "--out", str(out)]) == 0
 
 
@@ -478,8 +480,8 @@ def test_a_board_no_suite_renders_is_named_and_an_empty_store_renders_nothing(tm
     out = tmp_path / "boards"
     out.mkdir()
     (out / "gone.jsonl").write_text("", encoding="utf-8")
-    assert main(["leaderboard", "--check", "--out", str(out)]) == 2
-    assert f"leaderboard gone in {out}:" in capsys.readouterr().err
+    assert main(["leaderboard", "--check", "--out", str(out)]) == 1
+    assert "leaderboard gone: CANNOT RENDER" in capsys.readouterr().out
     db = tmp_path / "r.sqlite"
     ResultsStore(db).close()
     assert main(["leaderboard", "--results", str(db), "--out", str(tmp_path / "new")]) == 0

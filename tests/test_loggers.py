@@ -20,8 +20,9 @@ import kdbench
 from kdbench import EpochRecord, RunInfo, RunResult, hookimpl
 from kdbench._plugins import DISABLE_ENV
 from kdbench.cli import main
+from kdbench.plan import plan_suite, select_runs
 from kdbench.results import ResultsStore
-from kdbench.runner import RunnerOptions, plan_suite, run_suite, select_runs
+from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suites import load_suite_file
 
 FIXED = ("run_id", "phase", "epoch", "lr", "test_top1", "seconds")

@@ -12,7 +12,7 @@ from kdbench_plugins.distillers import crd, reviewkd, sskd
 
 import kdbench
 from kdbench import AugmentSpec, Batch, DistillContext, KdbenchError, Progress, Signals
-from kdbench.engine import _probe
+from kdbench.engine import probe_signals as _probe
 
 F64 = torch.float64
 

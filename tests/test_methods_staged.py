@@ -54,7 +54,7 @@ def _batch(n: int = 2) -> Batch:
 
 
 def _model_context(student: str, teacher: str) -> tuple[nn.Module, nn.Module, DistillContext]:
-    from kdbench.engine import _probe
+    from kdbench.engine import probe_signals as _probe
 
     s_model, t_model = kdbench.create_model(student), kdbench.create_model(teacher).eval().requires_grad_(False)
     cpu = torch.device("cpu")

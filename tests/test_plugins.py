@@ -11,13 +11,16 @@ import kdbench
 from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
 
 GOOD_PLUGIN = """
+    import functools
+
     from kdbench import DistillerSpec, hookimpl
     from kdbench_plugins.distillers.kd import KD
 
     @hookimpl
     def kdbench_register_distillers():
-        return [DistillerSpec(name="kd_fake", builder=KD, description="a third-party KD", citation="fake 2026",
-                              defaults={"temperature": 2.0})]
+        # A variant of a method: its own defaults bound to the builder (spec.defaults are read from it).
+        return [DistillerSpec(name="kd_fake", builder=functools.partial(KD, temperature=2.0),
+                              description="a third-party KD", citation="fake 2026")]
 """
 
 

@@ -12,8 +12,8 @@ from kdbench.cli import main
 from kdbench.derived import parse_derived
 from kdbench.errors import SuiteError
 from kdbench.leaderboard import render_leaderboard
+from kdbench.plan import TrainRun, plan_suite
 from kdbench.results import ResultsStore
-from kdbench.runner import plan_suite
 
 
 def test_derived_student_names_parse_and_bad_ones_say_why() -> None:
@@ -37,19 +37,19 @@ def test_derived_student_names_parse_and_bad_ones_say_why() -> None:
 
 def test_smoke_prune_plan(host: kdbench.PluginHost) -> None:
     plan = plan_suite(host.suites.get("smoke-prune"), host)
-    kinds = [run.kind for run in plan]
+    kinds = [run.role for run in plan]
     # One teacher; one derivation shared by the pruned- and scratch-initialised students;
     # 3 students × (vanilla, kd); every KD student pruned twice afterwards.
     assert (kinds.count("teacher"), kinds.count("student"), kinds.count("prune")) == (1, 6, 1 + 3 * 2)
-    derivation = next(run for run in plan if run.kind == "prune" and "after" not in run.config)
+    derivation = next(run for run in plan if run.role == "prune" and run.trained_with is None)
     assert derivation.requires == (plan[0].run_id,)
-    assert derivation.config["prune"]["pruner"] == "ssa" and derivation.config["prune"]["settings"] == {"ratio": 0.5}
-    scratch = [r for r in plan if r.config.get("init", {}).get("weights") == "scratch"]
+    assert derivation.pruner == "ssa" and derivation.settings == {"ratio": 0.5}
+    scratch = [r for r in plan if isinstance(r, TrainRun) and r.init and r.init.weights == "scratch"]
     assert len(scratch) == 2 and all(derivation.run_id in r.requires for r in scratch)
     kd_pruned = next(
-        r for r in plan if r.config["distiller"] == "kd" and r.config.get("init", {}).get("weights") == "pruned"
+        r for r in plan if isinstance(r, TrainRun) and r.method == "kd" and r.init and r.init.weights == "pruned"
     )
-    assert kd_pruned.config["params"]["temperature"] == 3.0 and set(kd_pruned.requires) == {
+    assert kd_pruned.params["temperature"] == 3.0 and set(kd_pruned.requires) == {
         plan[0].run_id,
         derivation.run_id,
     }
@@ -84,8 +84,7 @@ def test_both_pipelines_run_end_to_end(host: kdbench.PluginHost, tmp_path: Path,
         assert record["profile"]["params"] == record["profile"]["pruning"]["before"]["params"]
         assert record["profile"]["pruning"]["sparsity"] == pytest.approx(0.3, abs=0.02)
     suite = host.suites.get("smoke-prune")
-    families = {spec.name: spec.family for spec in host.distillers}
-    text = render_leaderboard(suite, plan_suite(suite, host), records, families)
+    text = render_leaderboard(plan_suite(suite, host), records)
     assert "| prune " not in text  # pruning runs are not method rows
     section = text.split("## Pruning")[1].split("## Efficiency")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from kdbench.plan import plan_suite, select_runs
 from kdbench.results import ResultsStore
-from kdbench.runner import plan_suite, select_runs
 from kdbench.suites import load_suite_file
 
 SUITE = """

@@ -13,8 +13,9 @@ import kdbench
 from kdbench import Distiller, DistillerSpec, hookimpl
 from kdbench.engine import EngineOptions
 from kdbench.errors import KdbenchError
+from kdbench.plan import TrainRun, plan_suite, run_id_of, select_runs
 from kdbench.results import ResultsStore
-from kdbench.runner import RunnerOptions, plan_suite, run_id_of, run_suite, select_runs
+from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suites import load_suite_file
 
 
@@ -24,16 +25,16 @@ def _options(tmp_path: Path, **kwargs) -> RunnerOptions:
 
 def test_smoke_plan_shares_teacher_and_vanilla_runs(host: kdbench.PluginHost) -> None:
     plan = plan_suite(host.suites.get("smoke"), host)
-    kinds = [run.kind for run in plan]
+    kinds = [run.role for run in plan]
     assert kinds.count("teacher") == 1 and kinds[0] == "teacher"
-    students = [run for run in plan if run.kind == "student"]
+    students = [run for run in plan if run.role == "student"]
     # 2 students × 3 seeds of vanilla (no teacher in their config) + 2 pairs × 3 seeds of KD.
     assert len(students) == 12
-    vanilla = [run for run in students if run.config["distiller"] == "vanilla"]
-    assert len(vanilla) == 6 and all(run.config["teacher"] is None for run in vanilla)
-    kd = [run for run in students if run.config["distiller"] == "kd"]
+    vanilla = [run for run in students if run.to_config()["distiller"] == "vanilla"]
+    assert len(vanilla) == 6 and all(run.to_config()["teacher"] is None for run in vanilla)
+    kd = [run for run in students if run.to_config()["distiller"] == "kd"]
     assert {run.requires for run in kd} == {(plan[0].run_id,)}
-    assert all(run.config["params"] == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9} for run in kd)
+    assert all(run.to_config()["params"] == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9} for run in kd)
     assert len({run.run_id for run in plan}) == len(plan)
 
 
@@ -44,7 +45,9 @@ def test_run_ids_are_stable_and_change_with_the_config(host: kdbench.PluginHost)
     warmer = replace(suite, distiller_params={"kd": {"temperature": 8.0}})
     changed = {run.run_id for run in plan_suite(warmer, host)} - set(first)
     assert len(changed) == 6  # exactly the KD runs
-    config = plan_suite(suite, host)[1].config
+    run = plan_suite(suite, host)[1]
+    config = run.to_config()
+    assert run_id_of(config) == run.run_id
     assert run_id_of(dict(reversed(list(config.items())))) == run_id_of(config)
 
 
@@ -52,18 +55,18 @@ def test_per_pair_params_and_student_lr_override_reach_the_config(host: kdbench.
     suite = host.suites.get("cifar100-different")
     suite = replace(suite, pairs=(kdbench.PairSpec("resnet32x4", "ShuffleV1", params={"kd": {"temperature": 2.0}}),))
     plan = plan_suite(suite, host)
-    kd = [run for run in plan if run.config["distiller"] == "kd"]
-    assert {run.config["params"]["temperature"] for run in kd} == {2.0}
-    assert {run.config["recipe"]["lr"] for run in kd} == {0.01}
-    teacher = next(run for run in plan if run.kind == "teacher")
-    assert teacher.config["recipe"]["lr"] == 0.05
+    kd = [run for run in plan if isinstance(run, TrainRun) and run.method == "kd"]
+    assert {run.params["temperature"] for run in kd} == {2.0}
+    assert {run.recipe.lr for run in kd} == {0.01} and {run.to_config()["recipe"]["lr"] for run in kd} == {0.01}
+    teacher = next(run for run in plan if run.role == "teacher")
+    assert teacher.recipe.lr == 0.05
 
 
 def test_select_keeps_the_teachers_a_selection_needs(host: kdbench.PluginHost) -> None:
     plan = plan_suite(host.suites.get("smoke"), host)
     chosen = select_runs(plan, ["kd digits_cnn_s"])
-    assert [run.kind for run in chosen].count("teacher") == 1
-    assert {run.config["distiller"] for run in chosen if run.kind == "student"} == {"kd"}
+    assert [run.role for run in chosen].count("teacher") == 1
+    assert {run.to_config()["distiller"] for run in chosen if run.role == "student"} == {"kd"}
     assert len(chosen) == 4
 
 
@@ -135,14 +138,14 @@ def test_teacher_gets_no_gradient_and_stays_frozen(host, tiny_suite_file: Path, 
         run_suite(suite, host, store, _options(tmp_path), runs=select_runs(plan_suite(suite, host), ["teacher"]))
         teacher_run = plan_suite(suite, host)[0]
         weights = torch.load(tmp_path / "runs" / teacher_run.run_id / "final.pt", weights_only=True)["model"]
-        from kdbench.runner import _SuiteExecution
+        from kdbench.runner import Workspace, execute_run
 
-        execution = _SuiteExecution(suite, host, store, _options(tmp_path))
-        kd_run = next(r for r in plan_suite(suite, host) if r.config["distiller"] == "kd")
-        teacher = execution.teacher_for(kd_run.config)
+        workspace = Workspace(host, _options(tmp_path))
+        kd_run = next(r for r in plan_suite(suite, host) if r.to_config()["distiller"] == "kd")
+        teacher = workspace.teacher(kd_run.teacher, kd_run.dataset)
         assert not teacher.module.training
         assert all(not p.requires_grad for p in teacher.module.parameters())
-        execution.execute(kd_run)
+        execute_run(kd_run, workspace, suite.name, store)
         for name, tensor in teacher.module.state_dict().items():
             torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0, msg=name)
 
@@ -150,7 +153,7 @@ def test_teacher_gets_no_gradient_and_stays_frozen(host, tiny_suite_file: Path, 
 def test_corrupt_checkpoint_fails_the_run_with_its_path_and_keeps_the_file(host, tiny_suite_file, tmp_path) -> None:
     suite = replace(load_suite_file(tiny_suite_file), distillers=("vanilla",))
     plan = plan_suite(suite, host)
-    student = next(run for run in plan if run.kind == "student")
+    student = next(run for run in plan if run.role == "student")
     checkpoint = tmp_path / "runs" / student.run_id / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"\x00garbage")
@@ -184,7 +187,7 @@ def test_reference_format_teacher_checkpoint_loads_strictly_and_is_evaluated(hos
     suite = replace(load_suite_file(tiny_suite_file), distillers=("kd",))
     options = _options(tmp_path, teacher_overrides={"digits_cnn_m": str(checkpoint)})
     plan = plan_suite(suite, host, options.teacher_overrides)
-    assert [run.config["distiller"] for run in plan if run.kind == "teacher"] == ["pretrained"]
+    assert [run.to_config()["distiller"] for run in plan if run.role == "teacher"] == ["pretrained"]
     with ResultsStore(tmp_path / "r.sqlite") as store:
         report = run_suite(suite, host, store, options, runs=plan)
         assert report.failed == ()

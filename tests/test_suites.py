@@ -132,12 +132,13 @@ def test_pair_skips_and_method_recipes() -> None:
 
 
 def test_cifar_plans_follow_the_per_pair_settings(host: kdbench.PluginHost) -> None:
-    from kdbench.runner import plan_suite
+    from kdbench.plan import TrainRun, plan_suite
 
     similar = plan_suite(host.suites.get("cifar100-similar"), host)
 
     def configs(method: str, pair: str) -> list[dict]:
-        return [r.config for r in similar if r.pair and r.pair.label == pair and r.config["distiller"] == method]
+        runs = [r for r in similar if isinstance(r, TrainRun) and r.pair and r.pair.label == pair]
+        return [r.to_config() for r in runs if r.method == method]
 
     assert {c["params"]["beta"] for c in configs("dkd", "resnet56→resnet20")} == {2.0}
     assert {c["params"]["beta"] for c in configs("dkd", "wrn_40_2→wrn_16_2")} == {6.0}
@@ -145,7 +146,7 @@ def test_cifar_plans_follow_the_per_pair_settings(host: kdbench.PluginHost) -> N
     assert configs("fsp", "wrn_40_2→wrn_40_1") == [] and len(configs("fsp", "resnet56→resnet20")) == 3
     assert {c["recipe"]["lr"] for c in configs("mlkd", "vgg13→vgg8")} == {0.025}
     different = plan_suite(host.suites.get("cifar100-different"), host)
-    shuffle = [r.config for r in different if r.pair and r.pair.student == "ShuffleV2"]
+    shuffle = [r.to_config() for r in different if r.pair and r.pair.student == "ShuffleV2"]
     assert {c["recipe"]["epochs"] for c in shuffle if c["distiller"] == "mlkd"} == {480}
     assert {c["recipe"]["lr"] for c in shuffle if c["distiller"] == "kd"} == {0.01}
     assert not [c for c in shuffle if c["distiller"] in ("sdd_kd", "sdd_dkd", "fsp", "kdsvd")]

@@ -8,6 +8,7 @@ received.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pickle
 import random
 from pathlib import Path
@@ -17,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from kdbench_plugins.distillers.kd import kd_loss
 from kdbench_plugins.pruners.magnitude import MagnitudePruner
 from torch import nn
 
@@ -25,6 +25,7 @@ import kdbench
 from kdbench import DatasetSpec, Distiller, DistillerSpec, ImageData, KdbenchError, ModelSpec, PrunerSpec, hookimpl
 from kdbench._api import default_host
 from kdbench.features import FeatureCapture
+from kdbench.losses import kd_loss
 from kdbench.pruning import Pruner
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.results import ResultsStore
@@ -129,8 +130,20 @@ def test_cifar100_files_on_disk_pass(host: kdbench.PluginHost, tmp_path: Path) -
 # Broken distillers are caught
 
 
+def test_spec_defaults_come_from_the_builder_or_must_equal_it() -> None:
+    assert dict(_spec(WithWarmup).defaults) == {"warmup": 5}  # left out: the builder's signature
+    assert dict(_spec(WithWarmup, defaults={"warmup": 5}).defaults) == {"warmup": 5}
+    with pytest.raises(ValueError, match=r"default warmup=3 in the spec differs from the builder's warmup=5"):
+        _spec(WithWarmup, defaults={"warmup": 3})
+    with pytest.raises(ValueError, match="warmup=5.0 in the spec differs"):  # 5.0 hashes unlike 5 in run ids
+        _spec(WithWarmup, defaults={"warmup": 5.0})
+    variant = _spec(functools.partial(WithWarmup, warmup=3), name="variant")  # a variant binds its own value
+    assert dict(variant.defaults) == {"warmup": 3} and variant.accepted_params == {"warmup"}
+
+
 def _spec(builder: type, **fields) -> DistillerSpec:
-    values = {"name": f"broken_{builder.__name__.lower()}", "description": "a broken method", "citation": "test"}
+    name = f"broken_{getattr(builder, '__name__', 'partial').lower()}"
+    values = {"name": name, "description": "a broken method", "citation": "test"}
     return DistillerSpec(builder=builder, **{**values, **fields})
 
 
@@ -256,7 +269,7 @@ class CrashesOnWidths(_KD):
         (_KD, {"defaults": {"weight": torch.tensor(1.0)}}, "spec.defaults must be JSON data"),
         (_KD, {"citation": ""}, "needs a `citation`"),
         (_KD, {"defaults": {"weight": 1.0}}, r"spec.defaults name parameters the builder does not take: \['weight'\]"),
-        (WithWarmup, {}, r"the builder takes \['warmup'\], missing from spec.defaults"),
+        (WithWarmup, {"defaults": {}}, r"the builder takes \['warmup'\], missing from spec.defaults"),
         (AllDetached, {}, r"AllDetached: none of the loss terms \['ce'\] depends on a trained parameter"),
         (ReadsUndeclaredFeats, {}, r"signal 'feats' was not captured: add it to the distiller's student_signals"),
         (TeacherOnlyTerm, {}, r"loss term\(s\) \['kd'\] do not depend on the student or the method's own"),

@@ -178,7 +178,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=AB,
             description="Activation boundaries: 30 epochs matching the teacher's pre-ReLU on/off pattern, then CE",
             citation="Heo, Lee, Yun & Choi, AAAI 2019 (arXiv:1811.03233)",
-            defaults={"margin": 1.0, "ab_weight": 3e-3, "init_epochs": 30, "ce_weight": 1.0},
             family="feature",
         )
     ]

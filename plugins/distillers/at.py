@@ -20,18 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
+from kdbench.losses import match_spatial_size
 
-__all__ = ["AT", "at_loss", "attention_map", "match_spatial_size"]
-
-
-def match_spatial_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return both maps at the smaller of their spatial sizes (the larger one adaptive-average-pooled)."""
-    s_size, t_size = student.shape[-2:], teacher.shape[-2:]
-    if s_size[0] > t_size[0]:
-        student = F.adaptive_avg_pool2d(student, tuple(t_size))
-    elif s_size[0] < t_size[0]:
-        teacher = F.adaptive_avg_pool2d(teacher, tuple(s_size))
-    return student, teacher
+__all__ = ["AT", "at_loss", "attention_map"]
 
 
 def attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
@@ -93,7 +84,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=AT,
             description="Attention transfer: match L2-normalised channel-mean F^p maps of every stage",
             citation="Zagoruyko & Komodakis, ICLR 2017 (arXiv:1612.03928)",
-            defaults={"p": 2.0, "ce_weight": 1.0, "at_weight": 1000.0},
             family="feature",
         )
     ]

@@ -88,7 +88,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=CC,
             description="Correlation congruence between trained linear embeddings of the pooled features",
             citation="Peng, Jin, Liu, Li, Wu, Liu, Zhou & Zhang, ICCV 2019 (arXiv:1904.01802)",
-            defaults={"feat_dim": 128, "ce_weight": 1.0, "cc_weight": 0.02},
             family="feature",
         )
     ]

@@ -38,6 +38,7 @@ Where it differs, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,8 +56,9 @@ from kdbench import (
     at_least_float32,
     hookimpl,
 )
+from kdbench.losses import kd_loss
 
-__all__ = ["CRD", "contrast_loss", "crd_memory_init", "draw_negatives", "kd_loss", "momentum_update"]
+__all__ = ["CRD", "contrast_loss", "crd_memory_init", "draw_negatives", "momentum_update"]
 
 _EPS = 1e-7
 """The constant RepDistiller adds to the NCE denominators."""
@@ -100,13 +102,6 @@ def crd_memory_init(num_data: int, dim: int, generator: torch.Generator) -> torc
     """Return a num_data×dim bank uniform on ±1/√(dim/3) (RepDistiller's initialisation: rows of about unit norm)."""
     bound = 1.0 / math.sqrt(dim / 3.0)
     return torch.rand(num_data, dim, generator=generator).mul_(2 * bound).sub_(bound)
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Return T² · mean over the batch of KL(softmax(t/T) ‖ softmax(s/T)) (RepDistiller's ``DistillKL``)."""
-    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
-    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
-    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean() * temperature**2
 
 
 class _Embed(nn.Module):
@@ -222,14 +217,6 @@ class CRD(Distiller):
 
 
 _CITATION = "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020 (arXiv:1910.10699)"
-_CRD_DEFAULTS = {
-    "ce_weight": 1.0,
-    "crd_weight": 0.8,
-    "feat_dim": 128,
-    "nce_k": 16384,
-    "nce_t": 0.07,
-    "nce_m": 0.5,
-}
 
 
 @hookimpl
@@ -240,15 +227,13 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=CRD,
             description="Contrastive (NCE) matching of embeddings against 16384 other-class negatives in memory banks",
             citation=_CITATION,
-            defaults={**_CRD_DEFAULTS, "kd_weight": 0.0, "temperature": 4.0},
             family="feature",
         ),
         DistillerSpec(
             name="crd_kd",
-            builder=CRD,
+            builder=functools.partial(CRD, kd_weight=1.0),
             description="CRD plus soft-target KD (T=4, weight 1), as CRD+KD in the CRD paper",
             citation=_CITATION,
-            defaults={**_CRD_DEFAULTS, "kd_weight": 1.0, "temperature": 4.0},
             family="feature",
         ),
     ]

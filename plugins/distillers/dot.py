@@ -30,9 +30,9 @@ from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
-from kdbench_plugins.distillers.kd import kd_loss
 
 from kdbench import Batch, DistillContext, Distiller, DistillerSpec, OptimizerSettings, Progress, Signals, hookimpl
+from kdbench.losses import kd_loss
 
 __all__ = ["DOT", "DistillationOrientedTrainer"]
 
@@ -174,7 +174,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=DOT,
             description="KD trained by DOT: separate momenta for CE (μ−Δ) and KD (μ+Δ) gradients",
             citation="Zhao, Cui, Song & Liang, ICCV 2023 (arXiv:2307.08436)",
-            defaults={"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "delta": 0.075},
             family="logit",
         )
     ]

@@ -113,7 +113,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=FitNet,
             description="Hint learning: MSE between a regressed student stage feature and the teacher's",
             citation="Romero, Ballas, Kahou, Chassang, Gatta & Bengio, ICLR 2015 (arXiv:1412.6550)",
-            defaults={"hint_layer": 2, "ce_weight": 1.0, "hint_weight": 100.0},
             family="feature",
         )
     ]

@@ -151,7 +151,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=FSP,
             description="Flow of solution procedure: 30 epochs matching stage-to-stage Gram matrices, then CE",
             citation="Yim, Joo, Bae & Kim, CVPR 2017",
-            defaults={"fsp_weight": 1.0, "init_epochs": 30, "ce_weight": 1.0},
             family="feature",
         )
     ]

@@ -55,6 +55,7 @@ from kdbench import (
     at_least_float32,
     hookimpl,
 )
+from kdbench.losses import match_spatial_size
 
 __all__ = ["FACTOR_FORMS", "FT", "Paraphraser", "Translator", "factor_transfer_loss", "factor_vector"]
 
@@ -84,11 +85,7 @@ def factor_transfer_loss(
 
     The larger of the two maps is first adaptive-average-pooled to the smaller's size.
     """
-    s_size, t_size = student_factor.shape[-2:], teacher_factor.shape[-2:]
-    if s_size[0] > t_size[0]:
-        student_factor = F.adaptive_avg_pool2d(student_factor, t_size)
-    elif s_size[0] < t_size[0]:
-        teacher_factor = F.adaptive_avg_pool2d(teacher_factor, s_size)
+    student_factor, teacher_factor = match_spatial_size(student_factor, teacher_factor)
     difference = factor_vector(student_factor, form) - factor_vector(teacher_factor, form)
     return difference.abs().pow(p).mean()
 
@@ -217,15 +214,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=FT,
             description="Factor transfer: paraphraser pre-trained 30 epochs on the teacher, student matches its factor",
             citation="Kim, Park & Kwak, NeurIPS 2018 (arXiv:1802.04977)",
-            defaults={
-                "ft_weight": 200.0,
-                "paraphrase_rate": 0.5,
-                "p": 1.0,
-                "factor_form": "channel_mean_square",
-                "init_epochs": 30,
-                "init_lr": 0.01,
-                "ce_weight": 1.0,
-            },
             family="feature",
         )
     ]

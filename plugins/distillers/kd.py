@@ -9,21 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench import Batch, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
+from kdbench import Batch, Distiller, DistillerSpec, Progress, Signals, hookimpl
+from kdbench.losses import kd_loss
 
-__all__ = ["KD", "kd_loss"]
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Return T² · mean over the batch of KL(softmax(t/T) ‖ softmax(s/T)).
-
-    The T² factor keeps gradient magnitudes comparable across temperatures
-    (Hinton et al. 2015, section 2). Half-precision inputs are computed in float32.
-    """
-    log_p_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
-    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
-    return kl.mean() * temperature**2
+__all__ = ["KD"]
 
 
 class KD(Distiller):
@@ -66,7 +55,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=KD,
             description="Soft-target distillation: T²·KL between temperature-softened teacher and student",
             citation="Hinton, Vinyals & Dean, NIPS Deep Learning Workshop 2015 (arXiv:1503.02531)",
-            defaults={"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
             family="logit",
         )
     ]

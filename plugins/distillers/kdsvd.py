@@ -168,7 +168,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=KDSVD,
             description="KD-SVD: RBF relations of channel singular vectors between stages (equal-channel pairs only)",
             citation="Lee, Kim & Song, ECCV 2018 (arXiv:1807.06819)",
-            defaults={"k": 1, "ce_weight": 1.0, "kdsvd_weight": 1.0},
             family="feature",
         )
     ]

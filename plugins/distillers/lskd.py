@@ -17,9 +17,10 @@ set it per pair.
 from __future__ import annotations
 
 import torch
-from kdbench_plugins.distillers.kd import KD, kd_loss
+from kdbench_plugins.distillers.kd import KD
 
 from kdbench import DistillContext, DistillerSpec, at_least_float32, hookimpl
+from kdbench.losses import kd_loss
 
 __all__ = ["LSKD", "lskd_loss", "standardize_logits"]
 
@@ -64,7 +65,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=LSKD,
             description="KD after per-sample z-score standardisation of teacher and student logits",
             citation="Sun, Ren, Li, Wang & Cao, CVPR 2024 (arXiv:2403.01427)",
-            defaults={"temperature": 2.0, "ce_weight": 1.0, "kd_weight": 9.0},
             family="logit",
         )
     ]

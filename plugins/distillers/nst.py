@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import Batch, DistillContext, Distiller, DistillerSpec, Progress, Signals, at_least_float32, hookimpl
+from kdbench.losses import match_spatial_size
 
 __all__ = ["NST", "nst_loss", "polynomial_mmd2"]
 
@@ -37,20 +38,11 @@ def polynomial_mmd2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return _mean_poly_kernel(t, t) + _mean_poly_kernel(s, s) - 2 * _mean_poly_kernel(s, t)
 
 
-def _match_spatial_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s_size, t_size = student.shape[-2:], teacher.shape[-2:]
-    if s_size[0] > t_size[0]:
-        student = F.adaptive_avg_pool2d(student, tuple(t_size))
-    elif s_size[0] < t_size[0]:
-        teacher = F.adaptive_avg_pool2d(teacher, tuple(s_size))
-    return student, teacher
-
-
 def nst_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return Σ over stage pairs of the polynomial-kernel squared MMD between student and teacher channels."""
     total = student_feats[0].new_zeros(())
     for f_s, f_t in zip(student_feats, teacher_feats):
-        total = total + polynomial_mmd2(*_match_spatial_size(f_s, f_t))
+        total = total + polynomial_mmd2(*match_spatial_size(f_s, f_t))
     return total
 
 
@@ -96,7 +88,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=NST,
             description="Neuron selectivity transfer: polynomial-kernel squared MMD between channel maps per stage",
             citation="Huang & Wang, arXiv:1707.01219 (2017)",
-            defaults={"ce_weight": 1.0, "nst_weight": 50.0},
             family="feature",
         )
     ]

@@ -182,7 +182,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=OFD,
             description="Overhaul of feature distillation: pre-ReLU partial L2 to BN-derived margins via connectors",
             citation="Heo, Kim, Yun, Park, Kwak & Choi, ICCV 2019 (arXiv:1904.01866)",
-            defaults={"ofd_weight": 1e-3, "ce_weight": 1.0},
             family="feature",
         )
     ]

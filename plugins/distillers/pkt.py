@@ -76,7 +76,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=PKT,
             description="Probabilistic KT: KL between cosine-similarity distributions of the embeddings",
             citation="Passalis & Tefas, ECCV 2018 (arXiv:1803.10837)",
-            defaults={"ce_weight": 1.0, "pkt_weight": 30000.0, "eps": 1e-7},
             family="feature",
         )
     ]

@@ -170,7 +170,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=ReviewKD,
             description="Knowledge review: ABF fusion of student stages matched to teacher stages by HCL",
             citation="Chen, Liu, Zhao & Jia, Distilling Knowledge via Knowledge Review, CVPR 2021 (arXiv:2104.09044)",
-            defaults={"ce_weight": 1.0, "review_weight": 5.0, "warmup_epochs": 20, "max_mid_channel": 512},
             family="feature",
         )
     ]

@@ -99,7 +99,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=RKD,
             description="Relational KD: match normalised pairwise distances and triplet angles of the embeddings",
             citation="Park, Kim, Lu & Cho, CVPR 2019 (arXiv:1904.05068)",
-            defaults={"ce_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0, "eps": 1e-12},
             family="feature",
         )
     ]

@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from kdbench_plugins.distillers.dkd import dkd_parts, linear_ramp
 from torch import nn
 
 from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench.losses import dkd_parts, linear_ramp
 
 __all__ = ["SDDDKD", "SDDKD", "multi_scale_logits", "region_weights", "sdd_dkd_loss", "sdd_kd_loss"]
 
@@ -241,13 +241,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=SDDKD,
             description="Scale-decoupled KD: KD on multi-scale pooled local logits, complementary regions ×2",
             citation=citation,
-            defaults={
-                "temperature": 4.0,
-                "ce_weight": 0.1,
-                "kd_weight": 0.9,
-                "scales": [1, 2, 4],
-                "complementary_weight": 2.0,
-            },
             family="logit",
         ),
         DistillerSpec(
@@ -255,15 +248,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=SDDDKD,
             description="Scale-decoupled DKD: DKD on multi-scale pooled local logits, complementary regions ×2",
             citation=citation,
-            defaults={
-                "alpha": 1.0,
-                "beta": 8.0,
-                "temperature": 4.0,
-                "ce_weight": 1.0,
-                "warmup_epochs": 20,
-                "scales": [1, 2, 4],
-                "complementary_weight": 2.0,
-            },
             family="logit",
         ),
     ]

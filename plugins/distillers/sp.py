@@ -70,7 +70,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=SP,
             description="Similarity preserving: match row-normalised batch Gram matrices of the last stage",
             citation="Tung & Mori, ICCV 2019 (arXiv:1907.09682)",
-            defaults={"ce_weight": 1.0, "sp_weight": 3000.0},
             family="feature",
         )
     ]

@@ -294,21 +294,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=SSKD,
             description="KD on 4 rotations plus the teacher's self-supervised similarity structure, error-ranked",
             citation="Xu, Liu, Li & Loy, Knowledge Distillation Meets Self-Supervision, ECCV 2020 (arXiv:2006.07114)",
-            defaults={
-                "ce_weight": 0.1,
-                "kd_weight": 0.9,
-                "tf_weight": 2.7,
-                "ss_weight": 10.0,
-                "kd_temperature": 4.0,
-                "tf_temperature": 4.0,
-                "ss_temperature": 0.5,
-                "tf_keep_ratio": 1.0,
-                "ss_keep_ratio": 0.75,
-                "head_epochs": 60,
-                "head_lr": 0.05,
-                "head_milestones": [30, 45],
-                "head_lr_decay": 0.1,
-            },
             family="feature",
         )
     ]

@@ -36,7 +36,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=Vanilla,
             description="Cross-entropy on the labels only, no teacher (the baseline student row)",
             citation="standard supervised training",
-            defaults={"ce_weight": 1.0},
             family="baseline",
             needs_teacher=False,
         )

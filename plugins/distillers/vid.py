@@ -33,6 +33,7 @@ from kdbench import (
     at_least_float32,
     hookimpl,
 )
+from kdbench.losses import match_spatial_size
 
 __all__ = ["VID", "VariationalRegressor", "vid_loss"]
 
@@ -66,15 +67,6 @@ class VariationalRegressor(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """Return the predicted mean of the teacher's feature."""
         return self.regressor(feature)
-
-
-def _match_spatial_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s_size, t_size = student.shape[-2:], teacher.shape[-2:]
-    if s_size[0] > t_size[0]:
-        student = F.adaptive_avg_pool2d(student, tuple(t_size))
-    elif s_size[0] < t_size[0]:
-        teacher = F.adaptive_avg_pool2d(teacher, tuple(s_size))
-    return student, teacher
 
 
 def _stage_channels(feats: Sequence[torch.Tensor]) -> list[int]:
@@ -113,7 +105,7 @@ class VID(Distiller):
         assert teacher is not None
         vid = student.logits.new_zeros((), dtype=torch.float32)
         for stage, f_s, f_t in zip(self.stages, student.feats[1:], teacher.feats[1:]):
-            f_s, f_t = _match_spatial_size(f_s, f_t)
+            f_s, f_t = match_spatial_size(f_s, f_t)
             mean = stage(f_s)
             with torch.autocast(mean.device.type, enabled=False):
                 vid = vid + vid_loss(at_least_float32(mean), at_least_float32(f_t), stage.log_scale, self.eps)
@@ -131,7 +123,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             builder=VID,
             description="Variational information distillation: Gaussian NLL of teacher stages given regressed student",
             citation="Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019 (arXiv:1904.05835)",
-            defaults={"init_variance": 5.0, "eps": 1e-5, "ce_weight": 1.0, "vid_weight": 1.0},
             family="feature",
         )
     ]

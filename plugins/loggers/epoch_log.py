@@ -18,12 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kdbench import EpochRecord, KdbenchError, RunInfo, RunResult, hookimpl
+from kdbench.files import atomic_write_text
 
 __all__ = ["METRICS_CSV", "METRICS_JSONL", "SUMMARY_JSON", "read_metrics"]
 
@@ -67,17 +67,10 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a kill leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _write_metrics(work_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
-    _replace(work_dir / METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in rows))
-    _replace(work_dir / METRICS_CSV, _csv_text(rows))
+    atomic_write_text(work_dir / METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(work_dir / METRICS_CSV, _csv_text(rows))
 
 
 _rows: dict[Path, list[dict[str, Any]]] = {}  # work dir of a run in progress → the rows logged so far
@@ -123,4 +116,4 @@ def kdbench_run_end(run: RunInfo, result: RunResult) -> None:
         "error": result.error,
     }
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    _replace(run.work_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run.work_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")

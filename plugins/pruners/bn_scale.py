@@ -41,6 +41,5 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=BNScalePruner,
             description="Network slimming criterion: |γ| of the BatchNorm after each channel (no sparsity training)",
             citation="Liu, Li, Shen, Huang, Yan & Zhang, ICCV 2017 (arXiv:1708.06519)",
-            defaults={"group_reduction": "mean", "normalizer": "mean"},
         )
     ]

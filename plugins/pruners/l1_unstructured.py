@@ -68,7 +68,6 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=L1UnstructuredPruner,
             description="Global L1 unstructured: zero the smallest |w| across conv/linear layers (classifier dense)",
             citation="Han, Pool, Tran & Dally, NIPS 2015 (arXiv:1506.02626); seed 001 (distill-then-prune)",
-            defaults={},
             structured=False,
         )
     ]

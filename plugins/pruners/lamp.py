@@ -43,6 +43,5 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=LAMPPruner,
             description="Layer-adaptive magnitude scores (LAMP); differs from l2 only with global pruning",
             citation="Lee, Park, Mo, Ahn & Shin, ICLR 2021 (arXiv:2010.07611)",
-            defaults={"p": 2, "group_reduction": "mean"},
         )
     ]

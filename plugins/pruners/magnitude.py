@@ -13,6 +13,7 @@ criterion. The normaliser matters only with ``global_pruning``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from kdbench import KdbenchError, PrunerSpec, hookimpl
@@ -50,13 +51,11 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=MagnitudePruner,
             description="Filter L1 norm (Li et al.), summed over coupled layers of each channel group",
             citation=_CITATION,
-            defaults={"p": 1, "group_reduction": "mean", "normalizer": "mean"},
         ),
         PrunerSpec(
             name="l2",
-            builder=MagnitudePruner,
+            builder=functools.partial(MagnitudePruner, p=2),
             description="Filter squared L2 norm, summed over coupled layers of each channel group",
             citation=_CITATION,
-            defaults={"p": 2, "group_reduction": "mean", "normalizer": "mean"},
         ),
     ]

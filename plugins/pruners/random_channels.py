@@ -48,6 +48,5 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=RandomPruner,
             description="Uniformly random channels, seeded (baseline)",
             citation="baseline; cf. Mittal, Bhardwaj, Khapra & Ravindran, WACV 2018 (arXiv:1801.10447)",
-            defaults={"seed": 0},
         )
     ]

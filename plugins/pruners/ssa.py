@@ -139,6 +139,5 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=SSAPruner,
             description="SSA-KD: θ·Σ|w·g| + (1−θ)·‖w‖₂⁴ per filter, each L2-normalised per layer (needs calibration)",
             citation="Lu, Zhang, Guan, Zhao, Yang & Xu, SSA-KD (2024), seed 000",
-            defaults={"theta": 0.5, "p": 2.0, "normalizer": "l2", "group_reduction": "mean"},
         )
     ]

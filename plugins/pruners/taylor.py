@@ -48,6 +48,5 @@ def kdbench_register_pruners() -> list[PrunerSpec]:
             builder=TaylorPruner,
             description="First-order Taylor |Σ g·w| per channel from calibration gradients (needs calibration)",
             citation="Molchanov, Mallya, Tyree, Frosio & Kautz, CVPR 2019 (arXiv:1906.10771)",
-            defaults={"multivariable": True, "group_reduction": "mean", "normalizer": "mean"},
         )
     ]

@@ -27,7 +27,6 @@ def kdbench_register_distillers() -> list[DistillerSpec]:
             "over the batch), of τ-softened probabilities instead of KL",
             citation="Huang, You, Wang, Qian & Xu, NeurIPS 2022 (arXiv:2205.10536); defaults: the paper's CIFAR-100 "
             "setting and the authors' dist_kd.py (github.com/hunto/DIST_KD)",
-            defaults={"beta": 2.0, "gamma": 2.0, "tau": 4.0, "ce_weight": 1.0},
             family="logit",
         )
     ]

@@ -1,0 +1,71 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of either.
+
+Every writer in kdbench and its plugins goes through here: the bytes go to a
+uniquely named temporary file in the target's directory (so two processes
+writing one path never share a temporary), are flushed and fsynced, and the
+temporary replaces the target with ``os.replace``. On any error the temporary
+is removed and the target is left as it was. The new file gets the permissions
+a plain ``open(path, "w")`` would give it (0o666 less the umask), not the
+owner-only ones of :func:`tempfile.mkstemp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Replace ``path`` atomically with what ``write(handle)`` writes to a binary handle.
+
+    The parent directory is created if needed. The temporary file is unique to
+    this call (``.NAME.*.tmp`` beside the target) and removed on failure.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    """Return the process umask without changing it (Linux's /proc, else set-and-restore)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` atomically with ``text`` encoded as UTF-8 (newlines written as given)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Replace ``path`` atomically with ``torch.save(dict(payload))``."""
+    import torch
+
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
