@@ -31,10 +31,9 @@ from kdbench.augment import Views, apply_views, draw_views, normalize
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import FeatureCapture, Signals, concat_signals
-from kdbench.files import atomic_torch_save
+from kdbench.files import atomic_torch_save, load_state
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import DatasetSpec, ImageData, Recipe
-from kdbench.weights import load_state
 
 __all__ = [
     "CHECKPOINT_NAME",

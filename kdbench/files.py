@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "load_state"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
@@ -69,3 +69,35 @@ def atomic_torch_save(payload: Mapping[str, Any], path: str | os.PathLike[str]) 
     import torch
 
     atomic_write(path, lambda handle: torch.save(dict(payload), handle))
+
+
+def load_state(path: Path, advice: str = "delete it to restart this run from scratch") -> dict[str, Any]:
+    """Return the dict ``torch.save`` wrote at ``path`` (tensors and plain data only: ``weights_only``).
+
+    A missing or unreadable file raises CheckpointError naming it, leaves it as it is, and adds ``advice``.
+    """
+    import argparse
+
+    import torch
+
+    from kdbench.errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # RepDistiller stores its argparse options beside the weights: allow exactly that class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} ({_reason(exc)}); it was left as is — {advice}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Return why torch could not load a file, in one line (without torch's advice to unpickle it unsafely)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # the file is no PyTorch file of weights: torch suggests weights_only=False, which we never do
+        detail = text.split(marker, 1)[1].strip().split("\n\n", 1)[0].strip()
+        return f"not a file of weights torch can read safely: {detail or type(exc).__name__}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

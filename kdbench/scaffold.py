@@ -270,5 +270,6 @@ kdbench run --suite smoke -p no:{name}     # disable the plugin like any other
 
 `src/{package}/__init__.py` holds the method (`{cls}`, a `kdbench.Distiller`) and its
 registration (`kdbench_register_distillers`). Keep the keyword defaults of `__init__` (the spec's
-`defaults`, read from its signature) equal to the paper's and cite it in `citation`; `kdbench.testing` keeps checking the contract as the method grows.
+`defaults`, read from its signature) equal to the paper's and cite it in `citation`; `kdbench.testing`
+keeps checking the contract as the method grows.
 """

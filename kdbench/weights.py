@@ -19,42 +19,27 @@ The runner, teachers, derived students and the public API all come through here.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from kdbench.derived import parse_derived
 from kdbench.errors import CheckpointError
+from kdbench.files import load_state
+from kdbench.pruning import ARCHITECTURE_FORMAT, model_from_archive
 
 if TYPE_CHECKING:
     from kdbench._plugins import PluginHost
     from kdbench.specs import TeacherSpec
 
-__all__ = ["DEFAULT_TEACHER_ROOT", "Checkpoint", "create_model", "find_checkpoint", "load_state"]
+__all__ = ["DEFAULT_TEACHER_ROOT", "Checkpoint", "create_model", "find_checkpoint"]
 
 #: Where registered teachers' files are looked for unless told otherwise (``--teacher-root``).
 DEFAULT_TEACHER_ROOT = Path("teachers")
-_PRUNED_FORMAT = "kdbench-pruned-1"
-
-
-def load_state(path: Path, advice: str = "delete it to restart this run from scratch") -> dict[str, Any]:
-    """Return the dict stored at ``path`` (weights only), or raise CheckpointError naming it (and ``advice``)."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        # RepDistiller stores its argparse options beside the weights: allow exactly that class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it was left as is — {advice}"
-        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +91,13 @@ def _build(name: str, num_classes: int | None, host: PluginHost, kwargs: dict[st
     return spec.builder(num_classes=classes, **kwargs)
 
 
-def _pruned_model(state: dict[str, Any], path: Path, name: str, num_classes: int | None, host: PluginHost) -> nn.Module:
-    """Return the registry model rebuilt to the pruned architecture ``state`` describes (fresh weights)."""
-    from kdbench.pruning import rebuild
-
-    arch, classes = state.get("arch"), state.get("num_classes")
-    if not isinstance(arch, str) or not isinstance(state.get("architecture"), dict) or not isinstance(classes, int):
-        raise CheckpointError(f"{path} is not a complete pruned archive (arch, num_classes, architecture)")
-    if arch != _base_arch(name):
-        raise CheckpointError(f"{path} holds a pruned {arch}, not a {name}")
-    if num_classes is not None and num_classes != classes:
-        raise CheckpointError(f"{path} holds a {classes}-class model, not {num_classes} classes")
-    return rebuild(host, arch, classes, state["architecture"])
+def _pruned(
+    state: dict[str, Any], path: Path, name: str, num_classes: int | None, host: PluginHost, weights: bool
+) -> nn.Module:
+    """Return the pruned model of archive ``state`` (a ``name``, of ``num_classes`` if given)."""
+    if num_classes is not None and state.get("num_classes") != num_classes:
+        raise CheckpointError(f"{path} holds a {state.get('num_classes')}-class model, not {num_classes} classes")
+    return model_from_archive(state, host, path, weights=weights, arch=_base_arch(name))
 
 
 def _load_weights(model: nn.Module, weights: Any, path: Path, name: str) -> None:
@@ -157,15 +137,13 @@ def create_model(
     if architecture is not None:
         path = Path(architecture)
         state = load_state(path, advice=f"check the pruned archive given for {name}")
-        return _pruned_model(state, path, name, num_classes, host)
+        return _pruned(state, path, name, num_classes, host, weights=False)
     if weights is None:
         return _build(name, num_classes, host, kwargs)
     checkpoint = find_checkpoint(weights, host, root)
     state = load_state(checkpoint.path, advice=f"check the checkpoint given for {name}")
-    if isinstance(state, dict) and state.get("format") == _PRUNED_FORMAT:
-        model = _pruned_model(state, checkpoint.path, name, num_classes, host)
-        _load_weights(model, state.get("model"), checkpoint.path, name)
-        return model
+    if isinstance(state, dict) and state.get("format") == ARCHITECTURE_FORMAT:
+        return _pruned(state, checkpoint.path, name, num_classes, host, weights=True)
     model = _build(name, num_classes, host, kwargs)
     key = checkpoint.state_key
     state_dict = state.get(key, state) if key and isinstance(state, dict) else state

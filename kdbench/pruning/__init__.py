@@ -36,7 +36,14 @@ torch-pruning is imported on first use (it pulls in timm and torchvision, ~2 s).
 
 from __future__ import annotations
 
-from kdbench.pruning._archive import ARCHITECTURE_FORMAT, describe_architecture, load_pruned, rebuild, save_pruned
+from kdbench.pruning._archive import (
+    ARCHITECTURE_FORMAT,
+    describe_architecture,
+    load_pruned,
+    model_from_archive,
+    rebuild,
+    save_pruned,
+)
 from kdbench.pruning._contract import (
     DEFAULT_TARGET_STEPS,
     GROUP_REDUCTIONS,
@@ -64,6 +71,7 @@ __all__ = [
     "classifier_of",
     "describe_architecture",
     "load_pruned",
+    "model_from_archive",
     "modules_named",
     "prune_model",
     "prune_structured",

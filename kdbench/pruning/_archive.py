@@ -7,16 +7,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from kdbench.errors import CheckpointError
-from kdbench.files import atomic_torch_save
+from kdbench.files import atomic_torch_save, load_state
 
 if TYPE_CHECKING:
     from kdbench._plugins import PluginHost
 
-__all__ = ["ARCHITECTURE_FORMAT", "describe_architecture", "load_pruned", "rebuild", "save_pruned"]
+__all__ = [
+    "ARCHITECTURE_FORMAT",
+    "describe_architecture",
+    "load_pruned",
+    "model_from_archive",
+    "rebuild",
+    "save_pruned",
+]
 
 #: ``format`` field of a file written by :func:`save_pruned`.
 ARCHITECTURE_FORMAT = "kdbench-pruned-1"
@@ -115,20 +121,35 @@ def save_pruned(model: nn.Module, arch: str, num_classes: int, path: str | os.Pa
     atomic_torch_save(payload, path)
 
 
+def model_from_archive(
+    payload: Mapping[str, Any], host: PluginHost, source: Path, *, weights: bool = True, arch: str | None = None
+) -> nn.Module:
+    """Return the pruned model a :func:`save_pruned` payload describes: rebuilt, with its weights if asked.
+
+    ``arch`` (if given) is the registered architecture the caller expects; a payload of another one,
+    or an incomplete one, raises CheckpointError naming ``source``.
+    """
+    described, classes = payload.get("arch"), payload.get("num_classes")
+    if payload.get("format") != ARCHITECTURE_FORMAT:
+        raise CheckpointError(f"{source} is not a {ARCHITECTURE_FORMAT} file")
+    if (
+        not isinstance(described, str)
+        or not isinstance(classes, int)
+        or not isinstance(payload.get("architecture"), dict)
+    ):
+        raise CheckpointError(f"{source} is not a complete pruned archive (arch, num_classes, architecture)")
+    if arch is not None and described != arch:
+        raise CheckpointError(f"{source} holds a pruned {described}, not a {arch}")
+    model = rebuild(host, described, classes, payload["architecture"])
+    if weights:
+        try:
+            model.load_state_dict(payload.get("model"), strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{source} does not fit its own architecture description: {exc}") from None
+    return model
+
+
 def load_pruned(path: str | os.PathLike[str], host: PluginHost) -> nn.Module:
     """Return the model :func:`save_pruned` wrote at ``path`` (weights_only load, strict state_dict)."""
     source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(f"pruned model not found: {source}")
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read pruned model {source}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ARCHITECTURE_FORMAT:
-        raise CheckpointError(f"{source} is not a {ARCHITECTURE_FORMAT} file")
-    model = rebuild(host, payload["arch"], payload["num_classes"], payload["architecture"])
-    try:
-        model.load_state_dict(payload["model"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source} does not fit its own architecture description: {exc}") from exc
-    return model
+    return model_from_archive(load_state(source, advice="it is not a readable pruned model"), host, source)
