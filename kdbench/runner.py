@@ -313,7 +313,7 @@ def _train(run: TrainRun, workspace: Workspace) -> Outcome:
     return result, workspace.profile(state.student, run.dataset, result.extra_params)
 
 
-def calibration_batches(
+def _calibration_batches(
     data: ImageData, dataset: DatasetSpec, device: torch.device, count: int, size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Return ``count`` normalised train batches of ``size`` images (a fixed random choice) on ``device``."""
@@ -351,7 +351,7 @@ def _prune(run: PruneRun, workspace: Workspace) -> Outcome:
     model = _source_model(run, workspace).to(workspace.device)
     before = {"top1": evaluate_top1(model, dataset, data, options), "profile": workspace.profile(model, run.dataset, 0)}
     example = torch.zeros(1, *dataset.image_size, device=workspace.device)
-    batches = calibration_batches(data, dataset, workspace.device, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
+    batches = _calibration_batches(data, dataset, workspace.device, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
     calibration = calibration_from_batches(batches, F.cross_entropy)
     settings = PruneSettings(**run.settings)
     model = prune_model(workspace.host, model, run.pruner, run.params, example, settings, calibration)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -232,6 +233,14 @@ def test_committed_leaderboards_are_fresh(capsys) -> None:
     if not any(boards.glob("*.jsonl")):
         pytest.fail("no committed leaderboard records in leaderboards/")
     assert main(["leaderboard", "--check", "--out", str(boards)]) == 0, capsys.readouterr().out
+
+
+def test_re_rendering_the_committed_boards_changes_no_byte(tmp_path) -> None:
+    copy = Path(shutil.copytree(REPO / "leaderboards", tmp_path / "boards"))
+    assert main(["leaderboard", "--from-jsonl", "--out", str(copy)]) == 0
+    for path in sorted((REPO / "leaderboards").iterdir()):
+        assert (copy / path.name).read_bytes() == path.read_bytes(), path.name
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in (REPO / "leaderboards").iterdir())
 
 
 def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
