@@ -137,7 +137,7 @@ class PluginHost:
 
     def _fail(self, plugin: str, message: str) -> None:
         if self.strict:
-            raise PluginError(message)
+            raise PluginError(f"plugin {plugin!r} {message}")
         info = self._info(plugin)
         info.status, info.error = "failed", message
         self.pm.unregister(name=plugin)

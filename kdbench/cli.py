@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -14,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from tabulate import tabulate
 
 from kdbench._plugins import PluginHost, create_plugin_host
-from kdbench.errors import KdbenchError, ResultsStoreError
-from kdbench.plan import Plan, PlannedRun, plan_suite
+from kdbench.errors import KdbenchError
+from kdbench.plan import Plan, PlannedRun, TeacherCheck, plan_suite
 from kdbench.publish import Boards, merged_records, teacher_checkpoints
 from kdbench.reports import (
     FAIL_ON,
@@ -30,7 +29,14 @@ from kdbench.reports import (
     should_fail,
     write_csv,
 )
-from kdbench.results import ResultsStore, import_records, jsonl_text, read_result_files, write_jsonl
+from kdbench.results import (
+    ResultsStore,
+    import_records,
+    jsonl_text,
+    read_result_file,
+    read_result_files,
+    write_jsonl,
+)
 from kdbench.specs import SuiteSpec
 from kdbench.suites import load_suite_file
 
@@ -99,6 +105,12 @@ def _execution_options() -> argparse.ArgumentParser:
     group.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints, weights and result per run")
     group.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch (default: torch's choice; results depend on it, records say which; on a "
+        "loaded machine 1 avoids thrashing)",
+    )
     return parent
 
 
@@ -170,7 +182,7 @@ def _add_report_parsers(sub: argparse._SubParsersAction, store: argparse.Argumen
     export.add_argument("--format", choices=("csv", "jsonl"), required=True)
     export.add_argument("--suite", help="only runs of this suite")
     export.add_argument("--status", choices=("finished", "failed", "diverged"), help="only runs with this status")
-    export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default or '-': standard output)")
     ingest = commands.add_parser(
         "import", parents=[store], help="store the result records found in run directories (idempotent)"
     )
@@ -182,7 +194,11 @@ def _add_report_parsers(sub: argparse._SubParsersAction, store: argparse.Argumen
     compare.add_argument("b", metavar="B", help=source)
     compare.add_argument("--metric", choices=METRICS, default="best_top1")
     compare.add_argument("--tolerance", type=float, default=0.5, help="flag |delta| above this (top-1 points)")
-    compare.add_argument("--fail-on", choices=FAIL_ON, help="exit 1 on drift, on cells missing from one side, or any")
+    compare.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        help="exit 1 on drift, on cells missing from a side, on cells of differing environments, any: drift or missing",
+    )
     compare.add_argument("--suite", help="only cells of this suite")
 
     show = sub.add_parser("show", parents=[store], help="config, result, profile and curve of one run")
@@ -266,7 +282,7 @@ def _selected_plan(args: argparse.Namespace, host: PluginHost) -> tuple[Plan, di
     return plan, overrides
 
 
-def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
+def _print_plan(plan: Sequence[PlannedRun], pending: set[str]) -> None:
     rows = []
     for run in plan:
         pair = run.pair.label if run.pair else ("—" if run.role == "student" else run.model)
@@ -281,12 +297,12 @@ def _print_plan(plan: Sequence[PlannedRun], done: set[str]) -> None:
                 method,
                 "—" if run.seed is None else run.seed,
                 recipe.epochs if recipe is not None else "—",
-                "stored" if run.run_id in done else "to run",
+                "to run" if run.run_id in pending else "stored",
             ]
         )
     headers = ["run id", "kind", "pair", "model", "method", "seed", "epochs", "result"]
     print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
-    print(f"{len(plan)} runs, {sum(r.run_id in done for r in plan)} already stored")
+    print(f"{len(plan)} runs, {sum(r.run_id not in pending for r in plan)} already stored")
 
 
 def _device(name: str) -> torch.device:
@@ -312,6 +328,12 @@ def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
     for option, path in (("--work-dir", args.work_dir), ("--teacher-root", args.teacher_root)):
         if path.exists() and not path.is_dir():
             raise KdbenchError(f"{option} {path} is a file; give a directory")
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise KdbenchError(f"--threads takes a positive integer, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = EngineOptions(
         device=_device(args.device),
         bf16=args.bf16,
@@ -333,21 +355,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     host = _host(args)
     plan, overrides = _selected_plan(args, host)
     if args.dry_run:
-        done = ResultsStore(args.results).finished_ids() if args.results.exists() else set()
-        _print_plan(plan.runs, done)
-        return 0
+        return _dry_run(args, host, plan)
     options = _runner_options(args, overrides)
     from kdbench.runner import run_plan
 
     with ResultsStore(args.results) as store:
         report = run_plan(plan, host, store, options)
+    elsewhere = f", {len(report.elsewhere)} done by another kdbench" if report.elsewhere else ""
+    imported = f" ({len(report.imported)} imported from run directories)" if report.imported else ""
     print(
         f"suite {plan.suite.name}: {len(report.finished)} finished, {len(report.diverged)} diverged, "
-        f"{len(report.failed)} failed, {len(report.skipped)} already stored; results in {args.results}"
+        f"{len(report.failed)} failed{elsewhere}, {len(report.skipped)} already stored{imported}; "
+        f"results in {args.results}"
     )
     for run_id, error in report.failed:
-        print(f"  failed {run_id}: {error}", file=sys.stderr)
+        waiting = report.waiting_on.get(run_id, ())
+        after = f" ({len(waiting)} {'run waits' if len(waiting) == 1 else 'runs wait'} on it)" if waiting else ""
+        print(f"  failed {run_id}{after}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _dry_run(args: argparse.Namespace, host: PluginHost, plan: Plan) -> int:
+    """Print the plan and what a run would do; check what its runs need that can be checked without data."""
+    from kdbench.runner import pending_runs, stored_results
+    from kdbench.weights import find_checkpoint
+
+    store = ResultsStore(args.results, read_only=True) if args.results.exists() else None
+    try:
+        done = set(stored_results(plan, store, args.work_dir))
+    finally:
+        if store is not None:
+            store.close()
+    pending = {run.run_id for run in pending_runs(plan, done, args.work_dir)}
+    _print_plan(plan.runs, pending)
+    _runner_options(args, {})  # the numeric and device options, the directories
+    problems = []
+    for run in plan:
+        if isinstance(run, TeacherCheck) and run.run_id in pending:
+            try:
+                find_checkpoint(run.source, host, args.teacher_root)
+            except KdbenchError as exc:
+                problems.append(f"run {run.run_id} ({run.label}): {exc}")
+    for problem in problems:
+        print(f"kdbench: error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -361,18 +412,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_result(path: Path) -> dict[str, Any] | None:
-    """Return the result record at ``path`` if it says finished or diverged (a result), else None."""
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ResultsStoreError(f"cannot read result record {path}: {exc}") from None
-    return record if isinstance(record, dict) and record.get("status") in ("finished", "diverged") else None
+def _result_in(run_dir: Path) -> dict[str, Any] | None:
+    """Return the record in ``run_dir`` if it is a result (finished or diverged), else None."""
+    record = read_result_file(run_dir)
+    return record if record is not None and record["status"] in ("finished", "diverged") else None
 
 
 def _cmd_execute(args: argparse.Namespace) -> int:
+    from kdbench.locks import RunLock
     from kdbench.runner import RESULT_NAME, Workspace, execute_run
 
     plan = Plan.load(args.plan)
@@ -380,17 +427,18 @@ def _cmd_execute(args: argparse.Namespace) -> int:
     host = _host(args)
     options = _runner_options(args, {})
     target = options.work_root / run.run_id / RESULT_NAME
-    done = _finished_result(target)
-    if done is not None:
-        print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
-        return 0
     for needed in run.requires:
-        if _finished_result(options.work_root / needed / RESULT_NAME) is None:
+        if _result_in(options.work_root / needed) is None:
             raise KdbenchError(
                 f"run {run.run_id} ({run.label}) needs run {needed}, which has no result in "
                 f"{options.work_root / needed}; execute it first"
             )
-    record = execute_run(run, Workspace(host, options), plan.suite.name)
+    with RunLock(options.work_root / run.run_id):  # another process on it: wait, then find its result
+        done = _result_in(options.work_root / run.run_id)
+        if done is not None:
+            print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
+            return 0
+        record = execute_run(run, Workspace(host, options), plan.suite.name)
     top1 = "" if record["best_top1"] is None else f", best top-1 {record['best_top1']:.2f}"
     print(f"run {run.run_id} ({run.label}): {record['status']}{top1} → {target}")
     if record["status"] == "failed":
@@ -526,6 +574,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     if args.results_command == "import":
         return _import_results(args)
+    if args.output == Path("-"):  # the usual spelling of standard output
+        args.output = None
     if args.output is not None:
         check_export_target(args.output, args.results)
     records = select_records(load_records(args.results), args.suite, args.status)

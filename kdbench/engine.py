@@ -18,6 +18,7 @@ divergence check).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,8 @@ from kdbench.specs import DatasetSpec, ImageData, Recipe
 __all__ = [
     "CHECKPOINT_NAME",
     "FINAL_NAME",
+    "PREVIOUS_CHECKPOINT_NAME",
+    "PREVIOUS_FINAL_NAME",
     "DistillerFactory",
     "EngineOptions",
     "Observer",
@@ -52,7 +55,11 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The checkpoint of the epoch before (a corrupt latest one falls back to it).
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 FINAL_NAME = "final.pt"
+#: Final weights already in a run directory are kept here when a run writes its own (never discarded).
+PREVIOUS_FINAL_NAME = "final.prev.pt"
 _CHECKPOINT_FORMAT = "kdbench-checkpoint-1"
 
 #: ``factory(student, teacher, context)`` returns the run's distiller (e.g. a method's builder with its params bound).
@@ -467,9 +474,8 @@ def train(
     """
     observer = observer or _Silent()
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run.work_dir / CHECKPOINT_NAME
-    if checkpoint.exists():
-        state.resume(checkpoint)
+    checkpoint, previous = run.work_dir / CHECKPOINT_NAME, run.work_dir / PREVIOUS_CHECKPOINT_NAME
+    _resume(state, checkpoint, previous)
     observer.notify("kdbench_run_start", run=run)
     bar = _progress_bar(label or run.run_id, state.total_epochs, state.start_epoch, state.options.progress)
     status = "finished"
@@ -493,7 +499,7 @@ def train(
             if not all(math.isfinite(v) for v in losses.values()):
                 status = "diverged"
                 break
-            atomic_torch_save(state.checkpoint(position), checkpoint)
+            atomic_torch_save(state.checkpoint(position), checkpoint, previous)
             observer.notify("kdbench_epoch_end", run=run, epoch=record)
             bar.update(1)
             bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}", phase=segment.name)
@@ -501,8 +507,27 @@ def train(
         bar.close()
     if status == "finished":
         final = {"arch": state.student_name, **(final_extras or {}), "model": state.student.state_dict()}
-        atomic_torch_save(final, run.work_dir / FINAL_NAME)
+        atomic_torch_save(final, run.work_dir / FINAL_NAME, run.work_dir / PREVIOUS_FINAL_NAME)
     return _result(state.curve, status, state.distiller.extra_parameter_count())
+
+
+def _resume(state: RunState, checkpoint: Path, previous: Path) -> None:
+    """Resume ``state`` from its latest checkpoint, or from the one before if the latest is unreadable."""
+    if not checkpoint.exists():
+        if previous.exists():  # a crash between the two renames of a checkpoint write
+            state.resume(previous)
+        return
+    try:
+        state.resume(checkpoint)
+    except CheckpointError as exc:
+        if not previous.exists() or "cannot read" not in str(exc):
+            raise
+        print(
+            f"kdbench: warning: {checkpoint} is unreadable; resuming from the previous one, {previous.name} "
+            "(one epoch earlier); the unreadable file was left as is",
+            file=sys.stderr,
+        )
+        state.resume(previous)
 
 
 def _progress_bar(label: str, epochs: int, done: int, enabled: bool) -> Any:

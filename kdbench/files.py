@@ -21,11 +21,15 @@ from typing import IO, Any
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "load_state"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], previous: str | os.PathLike[str] | None = None
+) -> None:
     """Replace ``path`` atomically with what ``write(handle)`` writes to a binary handle.
 
     The parent directory is created if needed. The temporary file is unique to
-    this call (``.NAME.*.tmp`` beside the target) and removed on failure.
+    this call (``.NAME.*.tmp`` beside the target) and removed on failure. With
+    ``previous``, the file being replaced is kept there (one generation back): a crash
+    between the two renames leaves the previous generation, never nothing.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +40,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and target.exists():
+            os.replace(target, previous)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -64,11 +70,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Replace ``path`` atomically with ``torch.save(dict(payload))``."""
+def atomic_torch_save(
+    payload: Mapping[str, Any], path: str | os.PathLike[str], previous: str | os.PathLike[str] | None = None
+) -> None:
+    """Replace ``path`` atomically with ``torch.save(dict(payload))`` (keeping the replaced file at ``previous``)."""
     import torch
 
-    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle), previous)
 
 
 def load_state(path: Path, advice: str = "delete it to restart this run from scratch") -> dict[str, Any]:
@@ -77,6 +85,7 @@ def load_state(path: Path, advice: str = "delete it to restart this run from scr
     A missing or unreadable file raises CheckpointError naming it, leaves it as it is, and adds ``advice``.
     """
     import argparse
+    import warnings
 
     import torch
 
@@ -86,7 +95,8 @@ def load_state(path: Path, advice: str = "delete it to restart this run from scr
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         # RepDistiller stores its argparse options beside the weights: allow exactly that class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on odd pickle protocols: the error says it
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path} ({_reason(exc)}); it was left as is — {advice}") from None

@@ -106,6 +106,12 @@ class _Cell:
     values: tuple[float, ...]
     expected: int
     failed: int
+    unverified: int = 0
+    """Results made from data whose files differ from their published checksums."""
+
+
+def _unverified(record: Mapping[str, Any]) -> bool:
+    return ((record.get("versions") or {}).get("data") or {}).get("verified") is False
 
 
 def _trained(runs: Iterable[PlannedRun], role: str) -> list[TrainRun]:
@@ -124,16 +130,21 @@ class _Table:
 
     def _values(self, runs: Iterable[PlannedRun]) -> _Cell:
         runs = list(runs)
-        values, failed = [], 0
+        values, failed, unverified = [], 0, 0
         for run in runs:
             record = self.records.get(run.run_id)
             if record is None:
                 continue
             if record["status"] == "finished" and record.get(self.rule) is not None:
                 values.append(float(record[self.rule]))
+                unverified += _unverified(record)
             elif record["status"] in ("failed", "diverged"):
                 failed += 1
-        return _Cell(tuple(values), len(runs), failed)
+        return _Cell(tuple(values), len(runs), failed, unverified)
+
+    def any_unverified(self) -> bool:
+        """Return whether any finished record of the plan was made from unverified data."""
+        return any(_unverified(self.records[r.run_id]) for r in self.plan if r.run_id in self.records)
 
     def teacher_cell(self, arch: str) -> _Cell:
         return self._values(r for r in self.plan if r.role == "teacher" and r.model == arch)
@@ -160,6 +171,8 @@ def _cell_text(cell: _Cell, bold: bool, claim: Reported | None, markers: dict[st
         ours = PENDING
     if cell.failed:
         ours += f" ⚠{cell.failed} failed"
+    if cell.unverified:
+        ours += " ⚠unverified data"
     if claim is None:
         return ours
     marker = markers.setdefault(claim.source, _superscript(len(markers) + 1))
@@ -617,6 +630,12 @@ def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Rep
         _accuracy_table(table, families, claims, markers),
         "",
     ]
+    if table.any_unverified():
+        lines += [
+            "⚠unverified data: made from dataset files that differ from their published checksums (e.g. "
+            "torchvision's CIFAR MD5s): not comparable with published numbers.",
+            "",
+        ]
     if markers:
         lines += ["Published claims (`paper`; Δ = ours − paper, of the rounded numbers shown):", ""]
         lines += [f"- {marker} {source}" for source, marker in markers.items()]

@@ -31,9 +31,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 from kdbench.derived import parse_derived, prune_settings
-from kdbench.errors import KdbenchError, PlanError, UnknownNameError
+from kdbench.errors import KdbenchError, PlanError, SuiteError, UnknownNameError
 from kdbench.specs import PairSpec, Recipe, SuiteSpec
-from kdbench.suites import parse_suite, suite_to_data
+from kdbench.suites import parse_suite, recipe_problems, suite_to_data
 
 if TYPE_CHECKING:
     from kdbench._plugins import PluginHost
@@ -606,6 +606,20 @@ def _pair_ref(pair: PairSpec) -> PairSpec:
     return PairSpec(pair.teacher, pair.student)
 
 
+def _check_recipes(suite: SuiteSpec) -> None:
+    """Refuse a recipe with a value out of range (a negative LR…) before any run starts."""
+    recipes = [("[recipe]", suite.recipe)]
+    if suite.teacher_recipe is not None:
+        recipes.append(("[teacher_recipe]", suite.teacher_recipe))
+    methods = {name for pair in suite.pairs for name in pair.recipes} | set(suite.method_recipes)
+    recipes += [(f"the recipe of {name} on {pair.label}", suite.recipe_for(pair, name)) for pair in suite.pairs
+                for name in sorted(methods)]  # fmt: skip
+    for where, recipe in recipes:
+        problems = recipe_problems(recipe)
+        if problems:
+            raise SuiteError(f"suite {suite.name!r}: {where}: {problems[0]}")
+
+
 def plan_suite(suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[str, str] | None = None) -> Plan:
     """Return the plan of ``suite``: teachers, derived students, students, prune stages, in execution order.
 
@@ -615,6 +629,7 @@ def plan_suite(suite: SuiteSpec, host: PluginHost, teacher_overrides: Mapping[st
     """
     _check_names(suite, host)
     _check_params(suite, host)
+    _check_recipes(suite)
     planner = _Planner(suite, host, teacher_overrides or {})
     planner.plan_teachers()
     planner.plan_derivations()

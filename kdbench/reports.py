@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 METRICS = ("best_top1", "last_top1")
-FAIL_ON = ("drift", "missing", "any")
+FAIL_ON = ("drift", "missing", "environment", "any")
 MIN_PREFIX = 4
 
 CSV_COLUMNS: dict[str, str] = {
@@ -325,6 +325,8 @@ class CellDelta:
     delta: float | None
     flag: str
     """``""``, ``"drift"``, ``"only A"`` or ``"only B"``."""
+    environment: str = ""
+    """What differs between the environments of A's and B's runs (threads, device, torch, data), or ``""``."""
 
 
 def _cell_key(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -342,12 +344,32 @@ def _cell_key(record: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, ...], list[float]]:
-    cells: dict[tuple[str, ...], list[float]] = {}
+#: What in a record's environment can change its numbers, and how to read it.
+_ENVIRONMENT = {
+    "threads": lambda r: (r.get("versions") or {}).get("threads"),
+    "device": lambda r: r.get("device"),
+    "torch": lambda r: (r.get("versions") or {}).get("torch"),
+    "data": lambda r: ((r.get("versions") or {}).get("data") or {}).get("digest"),
+}
+
+
+def _cells(records: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, ...], list[Mapping[str, Any]]]:
+    cells: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for record in records:
         if record.get("status") == "finished" and record.get(metric) is not None:
-            cells.setdefault(_cell_key(record), []).append(float(record[metric]))
+            cells.setdefault(_cell_key(record), []).append(record)
     return cells
+
+
+def _environment_difference(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> str:
+    """Return e.g. ``threads 2 vs 1`` for each environment field whose values differ between A and B."""
+    parts = []
+    for name, read in _ENVIRONMENT.items():
+        values_a = sorted({str(read(r)) for r in a if read(r) is not None})
+        values_b = sorted({str(read(r)) for r in b if read(r) is not None})
+        if values_a and values_b and values_a != values_b:
+            parts.append(f"{name} {'/'.join(values_a)} vs {'/'.join(values_b)}")
+    return "; ".join(parts)
 
 
 def compare_records(
@@ -368,13 +390,16 @@ def compare_records(
     cells_a, cells_b = _cells(a, metric), _cells(b, metric)
     deltas = []
     for key in sorted(set(cells_a) | set(cells_b)):
-        values_a, values_b = tuple(cells_a.get(key, ())), tuple(cells_b.get(key, ()))
+        records_a, records_b = cells_a.get(key, []), cells_b.get(key, [])
+        values_a = tuple(float(r[metric]) for r in records_a)
+        values_b = tuple(float(r[metric]) for r in records_b)
         if values_a and values_b:
             delta = cell_stats(values_b)[0] - cell_stats(values_a)[0]
             flag = "drift" if abs(delta) > tolerance else ""
         else:
             delta, flag = None, "only A" if values_a else "only B"
-        deltas.append(CellDelta(*key, a=values_a, b=values_b, delta=delta, flag=flag))
+        environment = _environment_difference(records_a, records_b)
+        deltas.append(CellDelta(*key, a=values_a, b=values_b, delta=delta, flag=flag, environment=environment))
     return deltas
 
 
@@ -397,12 +422,16 @@ def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float
         "Δ (B − A)",
         "flag",
     ]
+    differing = any(d.environment for d in deltas)
+    if differing:
+        headers.append("environment differs")
     rows = [
         [
             *(d.dataset, d.teacher, d.student, d.method, d.variant),
             *(len(d.a), _stats_text(d.a), len(d.b), _stats_text(d.b)),
             "—" if d.delta is None else f"{d.delta:+.2f}",
             d.flag,
+            *([d.environment] if differing else []),
         ]
         for d in deltas
     ]
@@ -412,6 +441,9 @@ def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float
         f"{len(deltas)} cells compared on {metric} (tolerance {tolerance:g}): "
         f"{counts['drift']} drift, {counts['only A']} only in A, {counts['only B']} only in B"
     )
+    environments = sum(bool(d.environment) for d in deltas)
+    if environments:
+        summary += f"; {environments} compare runs of different environments (threads, device, torch or data)"
     return f"{table}\n\n{summary}\n"
 
 
@@ -423,7 +455,8 @@ def should_fail(deltas: Iterable[CellDelta], fail_on: str | None) -> bool:
         raise KdbenchError(f"--fail-on takes one of {', '.join(FAIL_ON)}, got {fail_on!r}")
     flags = {d.flag for d in deltas}
     drift, missing = "drift" in flags, bool(flags & {"only A", "only B"})
-    return {"drift": drift, "missing": missing, "any": drift or missing}[fail_on]
+    environment = any(d.environment for d in deltas)
+    return {"drift": drift, "missing": missing, "environment": environment, "any": drift or missing}[fail_on]
 
 
 # --- show ------------------------------------------------------------------------------------------------------------
@@ -523,10 +556,11 @@ def _curve_table(curve: Sequence[Mapping[str, Any]]) -> str:
             f"{entry['lr']:g}" if entry.get("lr") is not None else "—",
             *(f"{entry['losses'][t]:.4f}" if t in (entry.get("losses") or {}) else "—" for t in terms),
             _top1(entry.get("test_top1")),
+            f"{entry['seconds']:.2f}" if entry.get("seconds") is not None else "—",
         ]
         for entry in curve
     ]
-    headers = ["epoch", "phase", "lr", *(f"loss {t}" for t in terms), "test top-1"]
+    headers = ["epoch", "phase", "lr", *(f"loss {t}" for t in terms), "test top-1", "seconds"]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 

@@ -28,6 +28,8 @@ from kdbench.files import atomic_write_text
 __all__ = [
     "COLUMNS",
     "JSON_COLUMNS",
+    "RESULT_FILE",
+    "RESULT_STATUSES",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "ResultsStore",
@@ -35,6 +37,7 @@ __all__ = [
     "jsonl_text",
     "open_store",
     "read_jsonl",
+    "read_result_file",
     "read_result_files",
     "write_jsonl",
 ]
@@ -65,6 +68,8 @@ JSON_COLUMNS = frozenset({"config", "curve", "profile", "versions"})
 KINDS = frozenset({"teacher", "student", "prune"})
 STATUSES = frozenset({"finished", "diverged", "failed"})
 RESULT_STATUSES = ("finished", "diverged")
+#: The file a run leaves in its work directory when it ends: its record, as the store holds it.
+RESULT_FILE = "result.json"
 """Statuses that are results: a diverged run is not retried, a failed one is."""
 
 _SCHEMA = (
@@ -162,6 +167,13 @@ def _validated_read_only(path: Path, timeout: float) -> tuple[sqlite3.Connection
     connection = _read_only_connection(path, timeout)
     try:
         return connection, _validate(path, connection)
+    except sqlite3.OperationalError as exc:
+        connection.close()
+        if "locked" in str(exc):
+            raise ResultsStoreError(
+                f"results database {path} is locked by another process (waited {timeout:g} s); try again"
+            ) from None
+        raise _untouched(path, f"SQLite cannot read it: {exc}") from None
     except sqlite3.DatabaseError as exc:
         connection.close()
         raise _untouched(path, f"SQLite cannot read it: {exc}") from None
@@ -252,10 +264,50 @@ class ResultsStore:
             raise
 
     def _initialise(self) -> None:
-        """Create the schema if the database is empty; re-check under the write lock against a racing writer."""
+        """Create the schema if the database is empty; then check it is intact and writable (before any work)."""
+        try:
+            with self._errors("open"):
+                if _validate(self.path, self._db):
+                    self._create_schema()
+                self._check_integrity()
+        except ResultsStoreError as exc:
+            if "malformed" in str(exc):  # SQLite could not even read its schema
+                raise self._damaged("database disk image is malformed") from None
+            raise
         with self._errors("open"):
-            if not _validate(self.path, self._db):
-                return
+            self._probe_writable()
+
+    def _damaged(self, finding: str) -> ResultsStoreError:
+        return ResultsStoreError(
+            f"results database {self.path} is damaged ({finding}); it was left untouched. Restore it from a "
+            "copy, or rebuild a new one from the run directories: kdbench results import runs/ --results NEW.sqlite"
+        )
+
+    def _check_integrity(self) -> None:
+        """Raise ResultsStoreError if SQLite's quick check finds the file damaged (it is left untouched)."""
+        findings = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if findings != ["ok"]:
+            lines = [line.strip() for finding in findings for line in finding.splitlines() if "***" not in line]
+            raise self._damaged("; ".join(lines[:3]) + ("; …" if len(lines) > 3 else ""))
+
+    def _probe_writable(self) -> None:
+        """Raise ResultsStoreError unless a write would succeed (the probe is rolled back)."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', '1')")
+            finally:
+                db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise ResultsStoreError(
+                f"results database {self.path} cannot be written ({exc}); check the permissions of the file "
+                "and its directory, or choose another --results"
+            ) from None
+
+    def _create_schema(self) -> None:
+        """Create the tables, re-checking under the write lock against a racing writer."""
+        with self._errors("open"):
             with self._transaction() as db:
                 if _validate(self.path, db):
                     for statement in _SCHEMA:
@@ -309,12 +361,23 @@ class ResultsStore:
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
 
-    def put(self, record: Mapping[str, Any]) -> None:
-        """Insert or replace one run record in one transaction (``created`` is filled in when absent)."""
+    def put(self, record: Mapping[str, Any]) -> bool:
+        """Store one run record in one transaction; return whether it was stored.
+
+        A ``failed`` record never replaces a stored result (``finished`` or ``diverged``): with two
+        drivers on one store, a late failure cannot undo a success. ``created`` is filled in when absent.
+        """
         row = _encode(record)
         placeholders = ", ".join("?" for _ in COLUMNS)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in COLUMNS if name != "run_id")
+        results = ", ".join(f"'{status}'" for status in RESULT_STATUSES)
+        statement = (
+            f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (run_id) DO UPDATE SET {updates} "
+            f"WHERE NOT (excluded.status = 'failed' AND runs.status IN ({results}))"
+        )
         with self._errors(f"store run {row[0]}"), self._transaction() as db:
-            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders})", row)
+            return db.execute(statement, row).rowcount > 0
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """Return the record of ``run_id``, or None if it is not stored."""
@@ -420,29 +483,35 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     return records
 
 
-#: The file a run leaves in its work directory when it ends (``kdbench.runner.RESULT_NAME``).
-RESULT_FILE = "result.json"
+def read_result_file(run_dir: Path | str) -> dict[str, Any] | None:
+    """Return the result record a run left in ``run_dir`` (``result.json``), or None if it has none.
+
+    A file that is not a well-formed record of that directory's run raises ResultsStoreError naming it.
+    """
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsStoreError(f"cannot read result record {path}: {exc}") from None
+    try:
+        record = json.loads(text)
+        _encode(record)
+    except ValueError as exc:
+        raise ResultsStoreError(f"{path} is not a result record: {exc}") from None
+    if record["run_id"] != path.parent.name:
+        raise ResultsStoreError(f"{path} holds run {record['run_id']}, not {path.parent.name}")
+    return record
 
 
 def read_result_files(runs: Path | str) -> list[dict[str, Any]]:
-    """Return the result records under ``runs`` (``RUN_ID/result.json``), checked, sorted by run id.
-
-    A file that is not a well-formed record of its directory's run raises ResultsStoreError naming it.
-    """
+    """Return the result records under ``runs`` (``RUN_ID/result.json``), checked, sorted by run id."""
     root = Path(runs)
     if not root.is_dir():
         raise ResultsStoreError(f"no run directory at {root}")
-    records = []
-    for path in sorted(root.glob(f"*/{RESULT_FILE}")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            _encode(record)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ResultsStoreError(f"{path} is not a result record: {exc}") from None
-        if record["run_id"] != path.parent.name:
-            raise ResultsStoreError(f"{path} holds run {record['run_id']}, not {path.parent.name}")
-        records.append(record)
-    return records
+    found = (read_result_file(path.parent) for path in sorted(root.glob(f"*/{RESULT_FILE}")))
+    return [record for record in found if record is not None]
 
 
 def import_records(store: ResultsStore, records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -453,15 +522,10 @@ def import_records(store: ResultsStore, records: Iterable[Mapping[str, Any]]) ->
     counts = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}
     for record in records:
         stored = store.get(record["run_id"])
-        if stored is None:
-            counts["new"] += 1
-        elif stored == dict(record):
+        if stored == dict(record):
             counts["unchanged"] += 1
-            continue
-        elif record["status"] == "failed" and stored["status"] in RESULT_STATUSES:
+        elif not store.put(record):
             counts["kept"] += 1
-            continue
         else:
-            counts["updated"] += 1
-        store.put(record)
+            counts["new" if stored is None else "updated"] += 1
     return counts

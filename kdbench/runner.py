@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import platform
 import subprocess
 import sys
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,14 +36,16 @@ from kdbench.augment import normalize
 from kdbench.engine import (
     CHECKPOINT_NAME,
     FINAL_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
     EngineOptions,
     RunState,
     TrainedModel,
     evaluate_top1,
     train,
 )
-from kdbench.errors import CheckpointError, KdbenchError, PluginError
+from kdbench.errors import CheckpointError, KdbenchError, PluginError, ResultsStoreError
 from kdbench.files import atomic_write_text
+from kdbench.locks import RunLock
 from kdbench.plan import (
     BASELINE_METHOD,
     CheckpointWeights,
@@ -64,7 +68,7 @@ from kdbench.pruning import (
     sparsity,
 )
 from kdbench.records import RunInfo, RunResult
-from kdbench.results import ResultsStore
+from kdbench.results import RESULT_FILE, RESULT_STATUSES, ResultsStore, read_result_file
 from kdbench.specs import DatasetSpec, ImageData, SuiteSpec
 from kdbench.weights import create_model
 
@@ -74,15 +78,19 @@ __all__ = [
     "RunnerOptions",
     "SuiteReport",
     "Workspace",
+    "data_digest",
     "execute_run",
+    "kdbench_source",
+    "pending_runs",
     "run_plan",
     "run_suite",
+    "stored_results",
     "train_state",
 ]
 
 PRUNED_NAME = "pruned.pt"
 #: The run's result record, written in its work directory when it ends (finished, diverged or failed).
-RESULT_NAME = "result.json"
+RESULT_NAME = RESULT_FILE
 #: Gradient importances (Taylor, SSA) are calibrated on this many train batches of this size.
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH_SIZE = 64
@@ -101,12 +109,26 @@ class RunnerOptions:
     latency_batch_sizes: tuple[int, ...] = (1, 256)
 
 
-def _git_commit() -> str:
+def _git(source: Path, *args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def kdbench_source() -> tuple[str, str]:
+    """Return (commit, state) of the kdbench code that runs: its own git checkout's HEAD, never the cwd's.
+
+    ``state`` is ``clean`` or ``modified`` (tracked files of kdbench changed since the commit) for a git
+    checkout, and ``installed`` (commit empty) for a package installed from elsewhere.
+    """
+    source = Path(kdbench.__file__).resolve().parents[1]
+    top = _git(source, "rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != source or not (source / "pyproject.toml").is_file():
+        return "", "installed"
+    changed = _git(source, "status", "--porcelain", "--untracked-files=no", "--", "kdbench", "plugins")
+    return _git(source, "rev-parse", "HEAD"), "modified" if changed else "clean"
 
 
 def _versions(host: PluginHost) -> dict[str, Any]:
@@ -119,6 +141,14 @@ def _versions(host: PluginHost) -> dict[str, Any]:
     }
 
 
+def data_digest(data: ImageData) -> str:
+    """Return the SHA-256 (first 16 hex digits) of a dataset's pixels and labels as loaded."""
+    digest = hashlib.sha256()
+    for tensor in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()[:16]
+
+
 class Workspace:
     """What the runs of one process share: plugins, options, loaded data, built teachers, profiles."""
 
@@ -129,8 +159,9 @@ class Workspace:
         self._data: dict[str, ImageData] = {}
         self._teachers: dict[WeightsRef, TrainedModel] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
-        self.commit = _git_commit()
-        self.versions = _versions(host)
+        self._provenance: dict[str, dict[str, Any]] = {}
+        self.commit, source = kdbench_source()
+        self.versions = {**_versions(host), "kdbench_source": source}
         self.device_name = device_name(self.device)
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -140,7 +171,9 @@ class Workspace:
     def data(self, name: str) -> ImageData:
         """Return dataset ``name``, loaded once per process (missing data raises DataNotFoundError)."""
         if name not in self._data:
-            self._data[name] = self.dataset(name).loader(self.options.data_root, self.options.download)
+            data = self.dataset(name).loader(self.options.data_root, self.options.download)
+            self._data[name] = data
+            self._provenance[name] = {"digest": data_digest(data), "verified": data.verified}
         return self._data[name]
 
     def weights_file(self, ref: WeightsRef, missing: str = "it must finish first") -> str | Path:
@@ -191,6 +224,13 @@ class Workspace:
             return self.profile(model, dataset, extra_params, cache_as=arch)
         return {**self._profiles[(dataset, arch)], "extra_params": extra_params}
 
+    def environment(self, dataset: str) -> dict[str, Any]:
+        """Return what produced a run besides its config: versions, kdbench's source, CPU threads, the data."""
+        environment = {**self.versions, "threads": torch.get_num_threads()}
+        if dataset in self._provenance:
+            environment["data"] = dict(self._provenance[dataset])
+        return environment
+
     def record(self, suite: str, run: PlannedRun, result: RunResult, profile: dict[str, Any] | None) -> dict[str, Any]:
         """Return the result record of ``run`` (the store's row, complete with provenance)."""
         return {
@@ -215,7 +255,7 @@ class Workspace:
             ],
             "profile": profile,
             "wall_seconds": round(result.wall_seconds, 3),
-            "versions": self.versions,
+            "versions": self.environment(run.dataset),
             "device": self.device_name,
             "git_commit": self.commit,
             "error": result.error,
@@ -413,8 +453,9 @@ def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: Result
     atomic_write_text(info.work_dir / RESULT_NAME, json.dumps(record, sort_keys=True, indent=1) + "\n")
     if store is not None:
         store.put(record)
-    if result.status != "failed":
-        (info.work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # the result is kept: no resume needed
+    if result.status != "failed":  # the result is kept: no resume needed
+        for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+            (info.work_dir / name).unlink(missing_ok=True)
     try:
         workspace.host.notify("kdbench_run_end", run=info, result=result)
     except PluginError as exc:  # the result is recorded: an observer's failure must not stop the suite
@@ -424,21 +465,155 @@ def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: Result
 
 @dataclass(frozen=True, slots=True)
 class SuiteReport:
-    """What a suite invocation did: run ids per outcome."""
+    """What a suite invocation did: run ids per outcome.
+
+    ``elsewhere``: runs another process finished (or failed) while this one waited for them;
+    ``imported``: results found in run directories (``result.json``) and added to the store.
+    """
 
     skipped: tuple[str, ...]
     finished: tuple[str, ...]
     diverged: tuple[str, ...]
     failed: tuple[tuple[str, str], ...]
+    elsewhere: tuple[str, ...] = ()
+    imported: tuple[str, ...] = ()
+    waiting_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Failed run id → the runs that could not run because they need it (stored as failed too)."""
 
 
-def _is_done(run: PlannedRun, done: set[str], options: RunnerOptions) -> bool:
-    if run.run_id not in done:
-        return False
+def _outputs_present(run: PlannedRun, work_root: Path) -> bool:
+    """Return whether the files later runs read from ``run`` are in its work directory."""
     if isinstance(run, PruneRun):
-        return (options.work_root / run.run_id / PRUNED_NAME).is_file()
-    # A teacher's result is only usable with its weights next to it (a checked checkpoint is checked again).
-    return run.role != "teacher" or (options.work_root / run.run_id / FINAL_NAME).is_file()
+        return (work_root / run.run_id / PRUNED_NAME).is_file()
+    if isinstance(run, TrainRun):
+        return (work_root / run.run_id / FINAL_NAME).is_file()
+    return True
+
+
+def _run_directory_result(run: PlannedRun, work_root: Path) -> dict[str, Any] | None:
+    """Return the record ``run`` left in its work directory, or None (a malformed one is reported and ignored)."""
+    try:
+        return read_result_file(work_root / run.run_id)
+    except ResultsStoreError as exc:
+        print(f"kdbench: warning: {exc}; the run is treated as not run", file=sys.stderr)
+        return None
+
+
+def stored_results(plan: Plan, store: ResultsStore | None, work_root: Path) -> dict[str, dict[str, Any]]:
+    """Return run id → record of every run of ``plan`` with a result (finished or diverged).
+
+    Results come from the store and from the runs' work directories (``result.json``), so a lost or
+    new store does not retrain what the run directories hold.
+    """
+    stored = {}
+    for run in plan:
+        record = store.get(run.run_id) if store is not None else None
+        if record is None or record["status"] not in RESULT_STATUSES:
+            record = _run_directory_result(run, work_root)
+        if record is not None and record["status"] in RESULT_STATUSES:
+            stored[run.run_id] = record
+    return stored
+
+
+def pending_runs(plan: Plan, done: set[str], work_root: Path) -> list[PlannedRun]:
+    """Return the runs to execute, in plan order: those without a result, and the done runs whose files a
+    pending run reads but that are missing (a teacher's weights after ``runs/`` was deleted).
+    """
+    by_id = {run.run_id: run for run in plan}
+    pending = {run.run_id for run in plan if run.run_id not in done}
+    frontier = list(pending)
+    while frontier:
+        for needed in by_id[frontier.pop()].requires:
+            if needed in by_id and needed not in pending and not _outputs_present(by_id[needed], work_root):
+                pending.add(needed)
+                frontier.append(needed)
+    return [run for run in plan if run.run_id in pending]
+
+
+class _Walk:
+    """One driver's walk over the pending runs of a plan, sharing store and run directories with others."""
+
+    def __init__(self, plan: Plan, workspace: Workspace, store: ResultsStore, pending: list[PlannedRun]) -> None:
+        self.plan, self.workspace, self.store = plan, workspace, store
+        self.work_root = workspace.options.work_root
+        self.waiting = list(pending)
+        self.outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": [], "elsewhere": []}
+        self.unusable: dict[str, str] = {}  # run id → why runs needing it cannot go on
+        self.waiting_on: dict[str, list[str]] = {}
+        self.status: dict[str, str] = {}
+        self.started_ns = time.time_ns()
+
+    def ready(self) -> list[PlannedRun]:
+        """Return the waiting runs whose required runs are all settled, in plan order."""
+        waiting = {run.run_id for run in self.waiting}
+        return [run for run in self.waiting if not any(needed in waiting for needed in run.requires)]
+
+    def step(self, blocking: bool) -> PlannedRun | None:
+        """Settle one ready run whose lock is free (or wait for the first one's); return it, or None."""
+        for run in self.ready():
+            blocked = next((needed for needed in run.requires if needed in self.unusable), None)
+            if blocked is not None:
+                self._blocked(run, blocked)
+                return run
+            lock = RunLock(self.work_root / run.run_id)
+            if not lock.acquire(blocking=blocking):
+                continue  # another driver is on it: come back later
+            try:
+                self._settle(run)
+            finally:
+                lock.release()
+            return run
+        return None
+
+    def _blocked(self, run: PlannedRun, needed: str) -> None:
+        result = RunResult(status="failed", error=f"needed run {needed} failed: {self.unusable[needed]}")
+        self.store.put(self.workspace.record(self.plan.suite.name, run, result, None))
+        root = next((origin for origin, runs in self.waiting_on.items() if needed == origin or needed in runs), needed)
+        self.waiting_on.setdefault(root, []).append(run.run_id)
+        self._done(run, "failed", result.error, count=False)
+
+    def _settle(self, run: PlannedRun) -> None:
+        """Execute ``run`` (its lock held), unless another driver settled it meanwhile."""
+        record = self._settled_elsewhere(run)
+        if record is None:
+            record = execute_run(run, self.workspace, self.plan.suite.name, self.store)
+            self._done(run, record["status"], record["error"])
+            return
+        self.store.put(record)
+        self.outcome["elsewhere"].append(run.run_id)
+        self._done(run, record["status"], record["error"], count=False)
+
+    def _settled_elsewhere(self, run: PlannedRun) -> dict[str, Any] | None:
+        """Return the record another process left for ``run`` since this walk started (a result or a failure)."""
+        record = _run_directory_result(run, self.work_root)
+        if record is None:
+            return None
+        if record["status"] in RESULT_STATUSES and _outputs_present(run, self.work_root):
+            return record
+        # A failure from before this walk is retried; one written by a driver running beside us is not.
+        written = (self.work_root / run.run_id / RESULT_FILE).stat().st_mtime_ns
+        return record if record["status"] == "failed" and written >= self.started_ns else None
+
+    def _done(self, run: PlannedRun, status: str, error: str, count: bool = True) -> None:
+        self.waiting.remove(run)
+        self.status[run.run_id] = status
+        if status != "finished":
+            self.unusable[run.run_id] = error or status
+        if count:
+            self.outcome["failed" if status == "failed" else status].append(
+                (run.run_id, error) if status == "failed" else run.run_id
+            )
+
+
+def _import_run_directories(plan: Plan, store: ResultsStore, work_root: Path) -> tuple[str, ...]:
+    """Store the results run directories hold that the store lacks; return their run ids."""
+    known = store.finished_ids()
+    found = stored_results(plan, None, work_root)
+    imported = []
+    for run_id, record in found.items():
+        if run_id not in known and store.put(record):
+            imported.append(run_id)
+    return tuple(imported)
 
 
 def run_plan(
@@ -448,46 +623,43 @@ def run_plan(
     options: RunnerOptions,
     on_run: Callable[[PlannedRun, str], None] | None = None,
 ) -> SuiteReport:
-    """Execute every run of ``plan`` not already stored, in order; store each record; return what happened.
+    """Execute every run of ``plan`` without a result, in DAG order; store each record; return what happened.
 
-    The datasets are loaded before the first run, so missing data stops at once with one
-    clear error. A run whose required run failed is stored as failed without running.
+    Results in run directories the store lacks are imported first. Each run is executed under its
+    run lock, so drivers sharing a store and work directory train every run once: a run locked by
+    another driver is left for later, and waited for when nothing else is ready. The datasets are
+    loaded before the first run, so missing data stops at once with one clear error. A run whose
+    required run failed is stored as failed without running.
     """
+    imported = _import_run_directories(plan, store, options.work_root)
+    done = set(stored_results(plan, store, options.work_root))
+    pending = pending_runs(plan, done, options.work_root)
     workspace = Workspace(host, options)
-    done = store.finished_ids()
-    pending = [run for run in plan if not _is_done(run, done, options)]
     for dataset in dict.fromkeys(run.dataset for run in pending):
         workspace.data(dataset)
     pending_ids = {run.run_id for run in pending}
-    skipped = tuple(run.run_id for run in plan if run.run_id not in pending_ids)
-    outcome: dict[str, list[Any]] = {"finished": [], "diverged": [], "failed": []}
-    unusable: dict[str, str] = {}  # run id → why runs needing it cannot go on
+    walk = _Walk(plan, workspace, store, pending)
     from tqdm.auto import tqdm
 
-    bar = tqdm(pending, desc=f"suite {plan.suite.name}", unit="run", disable=not options.engine.progress)
-    for run in bar:
-        bar.set_postfix_str(run.label)
-        blocked = next((needed for needed in run.requires if needed in unusable), None)
-        if blocked is not None:
-            result = RunResult(status="failed", error=f"needed run {blocked} failed: {unusable[blocked]}")
-            record = workspace.record(plan.suite.name, run, result, None)
-            store.put(record)
-        else:
-            record = execute_run(run, workspace, plan.suite.name, store)
-        status, error = record["status"], record["error"]
-        if status != "finished":
-            unusable[run.run_id] = error or status
-        if status == "failed":
-            outcome["failed"].append((run.run_id, error))
-        else:
-            outcome[status].append(run.run_id)
-        if on_run:
-            on_run(run, status)
+    with tqdm(
+        total=len(pending), desc=f"suite {plan.suite.name}", unit="run", disable=not options.engine.progress
+    ) as bar:
+        while walk.waiting:
+            run = walk.step(blocking=False) or walk.step(blocking=True)
+            if run is None:  # pragma: no cover - every waiting run has a ready ancestor
+                raise KdbenchError(f"plan {plan.suite.name}: runs {[r.run_id for r in walk.waiting]} can never run")
+            bar.update(1)
+            bar.set_postfix_str(run.label)
+            if on_run:
+                on_run(run, walk.status[run.run_id])
     return SuiteReport(
-        skipped=skipped,
-        finished=tuple(outcome["finished"]),
-        diverged=tuple(outcome["diverged"]),
-        failed=tuple(outcome["failed"]),
+        skipped=tuple(run.run_id for run in plan if run.run_id not in pending_ids),
+        finished=tuple(walk.outcome["finished"]),
+        diverged=tuple(walk.outcome["diverged"]),
+        failed=tuple(walk.outcome["failed"]),
+        elsewhere=tuple(walk.outcome["elsewhere"]),
+        imported=imported,
+        waiting_on={run_id: tuple(runs) for run_id, runs in walk.waiting_on.items()},
     )
 
 

@@ -67,12 +67,18 @@ class AugmentSpec:
 @final
 @dataclass(frozen=True, slots=True)
 class ImageData:
-    """A whole image-classification dataset as uint8 NCHW tensors and int64 labels."""
+    """A whole image-classification dataset as uint8 NCHW tensors and int64 labels.
+
+    ``verified`` says whether the loader found the files it read equal to their published
+    checksums (True), different (False: the records and boards say "unverified data"), or had
+    nothing to check them against (None).
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    verified: bool | None = None
 
     def __post_init__(self) -> None:
         import torch

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["load_suite_file", "parse_suite", "suite_to_data"]
+__all__ = ["load_suite_file", "parse_suite", "recipe_problems", "suite_to_data"]
 
 _TOP_LEVEL = {
     "name": str,
@@ -146,19 +146,49 @@ def _recipe(table: Mapping[str, Any], where: str, key: str) -> Recipe:
     unknown = sorted(set(table) - _RECIPE_FIELDS)
     if unknown:
         raise SuiteError(f"{where}: unknown key(s) in [{key}]: {', '.join(unknown)}")
+    for name, kind in (("lr_milestones", list), ("lr_overrides", dict)):
+        if name in table and not isinstance(table[name], kind):
+            raise SuiteError(f"{where}: [{key}] {name} must be a {'list' if kind is list else 'table'}")
     try:
         recipe = Recipe(**table)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise SuiteError(f"{where}: bad [{key}]: {exc}") from None
-    numbers = {"epochs": int, "batch_size": int, "eval_batch_size": int}
-    for name, kind in numbers.items():
-        value = getattr(recipe, name)
-        if not isinstance(value, kind) or value <= 0:
-            raise SuiteError(f"{where}: [{key}] {name} must be a positive integer, got {value!r}")
-    for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
-        if not isinstance(getattr(recipe, name), (int, float)):
-            raise SuiteError(f"{where}: [{key}] {name} must be a number")
+    problems = recipe_problems(recipe)
+    if problems:
+        raise SuiteError(f"{where}: [{key}] {problems[0]}")
     return recipe
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def recipe_problems(recipe: Recipe) -> list[str]:
+    """Return what is wrong with ``recipe`` (types and ranges), one phrase each; empty when it is sound."""
+    problems = []
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        value = getattr(recipe, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{name} must be a positive integer, got {value!r}")
+    ranges = {
+        "lr": (lambda v: v > 0, "a positive number"),
+        "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "weight_decay": (lambda v: v >= 0, "a number ≥ 0"),
+        "lr_gamma": (lambda v: v > 0, "a positive number"),
+    }
+    for name, (fits, what) in ranges.items():
+        value = getattr(recipe, name)
+        if not _number(value) or not fits(value):
+            problems.append(f"{name} must be {what}, got {value!r}")
+    if not isinstance(recipe.nesterov, bool):
+        problems.append(f"nesterov must be true or false, got {recipe.nesterov!r}")
+    milestones = recipe.lr_milestones
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
+        problems.append(f"lr_milestones must be non-negative integers (epochs), got {list(milestones)!r}")
+    for student, lr in recipe.lr_overrides.items():
+        if not _number(lr) or lr <= 0:
+            problems.append(f"lr_overrides.{student} must be a positive number, got {lr!r}")
+    return problems
 
 
 def _pair(entry: Any, where: str, index: int) -> PairSpec:
@@ -198,8 +228,24 @@ def _prune_stage(stage: Any, where: str, index: int) -> dict[str, Any]:
     amount = {} if "macs" in stage else {"ratio": 0.3}
     defaults = {"pruner": "l1", **amount, "finetune_epochs": 5, "finetune_lr": 0.01, "methods": ["*"], "params": {}}
     stage = {**defaults, **stage}
-    if not isinstance(stage["finetune_epochs"], int) or stage["finetune_epochs"] < 0:
+    _string(stage["pruner"], where, f"{key}.pruner")
+    if (
+        not isinstance(stage["finetune_epochs"], int)
+        or isinstance(stage["finetune_epochs"], bool)
+        or (stage["finetune_epochs"] < 0)
+    ):
         raise SuiteError(f"{where}: {key}.finetune_epochs must be a non-negative integer")
+    checks = {
+        "ratio": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+        "macs": (lambda v: _number(v) and v > 1, "a MACs reduction above 1 (2.0 halves MACs)"),
+        "finetune_lr": (lambda v: _number(v) and v > 0, "a positive number"),
+        "round_to": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+        "global": (lambda v: isinstance(v, bool), "true or false"),
+        "params": (lambda v: isinstance(v, dict), "a table of the pruner's parameters"),
+    }
+    for name, (fits, what) in checks.items():
+        if name in stage and not fits(stage[name]):
+            raise SuiteError(f"{where}: {key}.{name} must be {what}, got {stage[name]!r}")
     _strings(stage["methods"], where, f"{key}.methods")
     return stage
 
@@ -210,7 +256,7 @@ def _recipe_tables(value: Any, base: Recipe, where: str, key: str) -> dict[str, 
     for method, changes in tables.items():
         if "lr_overrides" in changes:
             raise SuiteError(f"{where}: [{key}.{method}] cannot set lr_overrides; set lr")
-        known = {name: getattr(base, name) for name in _RECIPE_FIELDS}
+        known = _recipe_data(base)
         _recipe({**known, **changes}, where, f"{key}.{method}")
     return tables
 

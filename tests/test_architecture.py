@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
         [
             "errors",
             "files",
+            "locks",
             "specs",
             "suites",
             "records",
@@ -40,8 +41,8 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["cli", "testing", "scaffold", "__init__", "__main__"], 10),
 }
 #: Modules that never import torch, the engine or the runner at import time (what boards and --check load).
-TORCH_FREE = {"errors", "files", "specs", "suites", "records", "hookspecs", "derived", "_plugins", "_api", "plan",
-              "results", "publish", "leaderboard", "plots", "reports", "cli", "__init__"}  # fmt: skip
+TORCH_FREE = {"errors", "files", "locks", "specs", "suites", "records", "hookspecs", "derived", "_plugins", "_api",
+              "plan", "results", "publish", "leaderboard", "plots", "reports", "cli", "__init__"}  # fmt: skip
 #: Publishing renders from files: never from the engine, runner, weights or pruning, even lazily.
 NEVER = {"publish": {"engine", "runner", "weights", "pruning", "profile"}}
 NEVER |= {name: NEVER["publish"] for name in ("leaderboard", "plots", "reports", "plan", "results")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -350,9 +351,11 @@ def test_show_by_id_and_by_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "6,866" in out and "81,600" in out and "0.163 ms" in out
     assert "abc123" in out and "torch=2.5.0" in out and "3.2 s" in out
     curve = out.split("\ncurve\n")[1].splitlines()
-    assert curve[0].split() == ["epoch", "phase", "lr", "loss", "ce", "loss", "hint", "loss", "kd", "test", "top-1"]
-    assert curve[2].split() == ["0", "init", "0.01", "—", "0.7500", "—", "10.00"]
-    assert curve[4].split() == ["1", "main", "0.005", "0.5000", "—", "1.2500", "91.00"]
+    header = ["epoch", "phase", "lr", "loss", "ce", "loss", "hint", "loss", "kd", "test", "top-1", "seconds"]
+    assert curve[0].split() == header
+    assert curve[2].split()[:7] == ["0", "init", "0.01", "—", "0.7500", "—", "10.00"]
+    assert curve[4].split()[:7] == ["1", "main", "0.005", "0.5000", "—", "1.2500", "91.00"]
+    assert all(re.fullmatch(r"\d+\.\d\d|—", row.split()[-1]) for row in (curve[2], curve[4]))
 
     assert main(["show", "aaaa1", "--results", str(db)]) == 0
     assert capsys.readouterr().out == out

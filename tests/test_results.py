@@ -79,8 +79,19 @@ def test_put_fills_created_and_replaces_a_run(tmp_path: Path) -> None:
         store.put(first)
         got = store.get("run-a")
         assert got is not None and got["created"].endswith("+00:00")
-        store.put(_record(status="failed", error="boom"))
-        assert [(r["run_id"], r["status"]) for r in store.records()] == [("run-a", "failed")]
+        assert store.put(_record(status="diverged", best_top1=None)) is True  # a result replaces a result
+        assert [(r["run_id"], r["status"]) for r in store.records()] == [("run-a", "diverged")]
+
+
+def test_a_failure_never_replaces_a_result_but_replaces_a_failure(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.put(_record())
+        assert store.put(_record(status="failed", error="late failure of a second driver")) is False
+        assert store.get("run-a")["status"] == "finished" and store.get("run-a")["error"] == ""
+        store.put(_record(run_id="run-b", status="failed", error="first"))
+        assert store.put(_record(run_id="run-b", status="failed", error="second")) is True
+        assert store.get("run-b")["error"] == "second"
+        assert store.put(_record(run_id="run-b")) is True and store.get("run-b")["status"] == "finished"
 
 
 def test_put_rejects_a_malformed_record(tmp_path: Path) -> None:
@@ -237,10 +248,12 @@ def test_a_failure_inside_put_leaves_previous_rows_intact(tmp_path: Path) -> Non
     with ResultsStore(path) as store:
         store.put(_record("a"))
         store.put(_record("b"))
-    db = sqlite3.connect(path)  # make the insert fail inside the transaction, after REPLACE's delete
-    db.execute(
-        "CREATE TRIGGER boom AFTER INSERT ON runs WHEN NEW.status = 'diverged' BEGIN SELECT RAISE(ABORT, 'boom'); END"
-    )
+    db = sqlite3.connect(path)  # make the write fail inside the transaction, after the row was changed
+    for event in ("INSERT", "UPDATE"):
+        db.execute(
+            f"CREATE TRIGGER boom_{event} AFTER {event} ON runs WHEN NEW.status = 'diverged' "
+            "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
     db.commit()
     db.close()
     with ResultsStore(path) as store:

@@ -5,6 +5,10 @@ technical report, University of Toronto, 2009,
 https://www.cs.toronto.edu/~kriz/cifar.html. 50,000 train / 10,000 test 32×32
 RGB images.
 
+Each file is checked against the MD5 torchvision publishes for it (``torchvision/datasets/cifar.py``,
+``train_list`` / ``test_list``): data whose files differ loads, but as ``verified=False``, so every
+record and leaderboard cell made from it says "unverified data".
+
 On disk (the extracted "python version" archives, as torchvision keeps them):
 ``ROOT/cifar-100-python/{train,test}`` and ``ROOT/cifar-10-batches-py/
 {data_batch_1..5,test_batch}``, each a pickled dict whose ``data`` is an N×3072
@@ -24,7 +28,9 @@ zero-padded 4-pixel random crop + horizontal flip.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,8 @@ class CifarLayout:
     num_classes: int
     torchvision_class: str
     url: str
+    md5: Mapping[str, str]
+    """File name → the MD5 torchvision publishes for it."""
 
 
 CIFAR100_LAYOUT = CifarLayout(
@@ -66,6 +74,7 @@ CIFAR100_LAYOUT = CifarLayout(
     num_classes=100,
     torchvision_class="CIFAR100",
     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    md5={"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
 )
 
 CIFAR10_LAYOUT = CifarLayout(
@@ -77,6 +86,14 @@ CIFAR10_LAYOUT = CifarLayout(
     num_classes=10,
     torchvision_class="CIFAR10",
     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
 )
 
 
@@ -162,7 +179,19 @@ def load_cifar(layout: CifarLayout, root: Path, download: bool) -> ImageData:
         )
     train_images, train_labels = _read_split(root, layout, layout.train_files)
     test_images, test_labels = _read_split(root, layout, layout.test_files)
-    return ImageData(train_images, train_labels, test_images, test_labels)
+    return ImageData(train_images, train_labels, test_images, test_labels, verified=_genuine(layout, root))
+
+
+def _genuine(layout: CifarLayout, root: Path) -> bool:
+    """Return whether every file of ``layout`` under ``root`` has the MD5 torchvision publishes."""
+    for name in layout.train_files + layout.test_files:
+        digest = hashlib.md5(usedforsecurity=False)
+        with (root / layout.folder / name).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != layout.md5[name]:
+            return False
+    return True
 
 
 def load_cifar100(root: Path, download: bool) -> ImageData:
