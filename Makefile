@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# CPU threads of torch for `make demo` (e.g. THREADS=1 on a busy machine); empty: torch's default.
+THREADS ?=
+DEMO_OPTIONS := $(if $(THREADS),--threads $(THREADS))
+
 demo: $(STAMP)
-	$(BIN)/kdbench run --suite smoke
+	$(BIN)/kdbench run --suite smoke $(DEMO_OPTIONS)
 	$(BIN)/kdbench leaderboard --suite smoke
 	@echo "The smoke leaderboard is in $(CURDIR)/leaderboards/smoke.md"
 
