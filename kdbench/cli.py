@@ -480,6 +480,10 @@ def _write_from_store(args: argparse.Namespace, boards: Boards, host: PluginHost
     names = args.suite or host.suites.names()
     if not args.results.exists():
         raise KdbenchError(f"no results database at {args.results}; run `kdbench run --suite NAME` first")
+    if not args.suite:
+        for name in boards.names():
+            if name not in host.suites:
+                print(f"leaderboard {name}: its suite is not registered here; the board is kept as it was rendered")
     with ResultsStore(args.results, read_only=True) as store:
         for name in names:
             suite = _suite(name, host, boards)

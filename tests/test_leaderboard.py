@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import make_distribution
 
 import kdbench
 from kdbench.cli import main
@@ -496,3 +497,56 @@ def test_a_board_no_suite_renders_is_named_and_an_empty_store_renders_nothing(tm
     assert main(["leaderboard", "--results", str(db), "--out", str(tmp_path / "new")]) == 0
     assert "nothing rendered" in capsys.readouterr().out
     assert not (tmp_path / "new").exists()
+
+
+def test_cells_made_from_unverified_data_say_so(host) -> None:
+    suite = host.suites.get("smoke")
+    plan = plan_suite(suite, host)
+    records = _records(plan, lambda run: 90.0)
+    clean = render_leaderboard(plan, records)
+    assert "unverified" not in clean
+    for record in records:
+        if record["config"]["distiller"] == "kd":
+            record["versions"] = {**record["versions"], "data": {"digest": "0" * 16, "verified": False}}
+    text = render_leaderboard(plan, records)
+    kd_row = next(line for line in text.splitlines() if line.startswith("| kd "))
+    assert (
+        kd_row.count("⚠unverified data") == 2 and "⚠unverified data" not in text.split("| kd ")[0].split("| Student")[1]
+    )
+    assert "⚠unverified data: made from dataset files that differ from their published checksums" in text
+
+
+SUITE_PLUGIN = """
+    from kdbench import PairSpec, Recipe, SuiteSpec, hookimpl
+
+    @hookimpl
+    def kdbench_register_suites():
+        pair = PairSpec("digits_cnn_l", "digits_cnn_s")
+        return [SuiteSpec(name="lab", description="a plugin's suite", dataset="digits", pairs=(pair,),
+                          distillers=("vanilla", "kd"), seeds=(0,), recipe=Recipe(epochs=2))]
+"""
+
+
+def test_a_board_whose_plugin_is_gone_is_kept_checked_and_indexed(
+    host, fake_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_distribution(
+        fake_site, "kdbench-fake-lab", "1.0", {"lab": "kdbench_fake_lab"}, {"kdbench_fake_lab": SUITE_PLUGIN}
+    )
+    with_lab = kdbench.create_plugin_host()
+    db, out = tmp_path / "r.sqlite", tmp_path / "boards"
+    with ResultsStore(db) as store:
+        for suite in (with_lab.suites.get("lab"), host.suites.get("smoke")):
+            for record in _records(plan_suite(suite, with_lab), lambda run: 90.0):
+                store.put(record)
+    assert main(["leaderboard", "--suite", "lab", "--results", str(db), "--out", str(out)]) == 0
+    board = (out / "lab.md").read_bytes()
+    gone = ["-p", "no:lab"]  # as if the plugin were uninstalled
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(db), "--out", str(out), *gone]) == 0
+    assert "leaderboard lab: its suite is not registered here; the board is kept" in capsys.readouterr().out
+    assert main(["leaderboard", "--suite", "smoke", "--results", str(db), "--out", str(out), *gone]) == 0
+    assert main(["leaderboard", "--from-jsonl", "--out", str(out), *gone]) == 0
+    assert main(["leaderboard", "--check", "--out", str(out), *gone]) == 0
+    assert (out / "lab.md").read_bytes() == board
+    assert "[lab](lab.md)" in (out / "README.md").read_text(encoding="utf-8")

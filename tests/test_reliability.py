@@ -248,6 +248,20 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(
     assert _stored(tmp_path / "r.sqlite")[student.run_id] == reference
 
 
+def test_final_weights_already_in_a_run_directory_are_never_discarded(
+    host: kdbench.PluginHost, suite: Path, tmp_path: Path
+) -> None:
+    student = _student(suite, host)
+    only = ["-k", student.run_id]
+    assert main(_run(suite, tmp_path, *only)) == 0
+    work = tmp_path / "runs" / student.run_id
+    earlier = (work / "final.pt").read_bytes()
+    (work / "result.json").unlink()  # a run directory from before result files, and its store lost
+    (tmp_path / "r.sqlite").unlink()
+    assert main(_run(suite, tmp_path, *only)) == 0  # trained again: nothing says it finished
+    assert (work / "final.prev.pt").read_bytes() == earlier and (work / "final.pt").is_file()
+
+
 def test_a_failed_run_is_one_line_and_its_dependents_are_counted(
     suite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
