@@ -1,4 +1,4 @@
-"""Device-side train augmentation, batched: zero-padded random crop + horizontal flip; RandAugment + Cutout.
+"""Device-side train augmentation, batched: zero-padded random crop + horizontal flip; RandAugment + Cutout policies.
 
 The engine keeps a whole train set on the device as uint8 N×C×H×W and augments
 each batch here without per-sample Python or host syncs. The random parameters
@@ -13,31 +13,89 @@ fill) followed by ``RandomHorizontalFlip(0.5)``: the crop's top and left offsets
 into the padded image are independent and uniform on ``0..2p`` and the flip is
 an independent fair coin.
 
-:func:`rand_augment` is FixMatch's ``RandAugment(2, 10)`` followed by a Cutout,
-as MLKD's reference code draws them (the strong view of ``mlkd``): per image,
-operations drawn uniformly with replacement from the 14 of :data:`OPS`, each
-magnitude uniform on its range, then a square of side U[0, ½)·W filled with
-:data:`CUTOUT_FILL`. It works on uint8 N×C×H×W images (RGB or grey), vectorised
-over the batch without host synchronisation, and reproduces PIL's integer
-arithmetic exactly, so each operation (:func:`apply_rand_augment_ops`) and the
-Cutout (:func:`cutout`) equal their PIL counterparts pixel for pixel.
+RandAugment + Cutout is a :class:`RandAugmentPolicy`: the operations with their
+magnitude ranges, how many are applied per image, and the Cutout's largest side
+fraction and fill. Per image, ``num_ops`` operations are drawn uniformly with
+replacement from the policy's, each magnitude uniform on its range, and applied in
+turn; then a square of side U[0, ``cutout_max``)·W whose raw centre is
+``np.random.uniform(W)`` (uniform on (1, W]) is filled with the policy's colour.
+:func:`apply_policy` does this to a uint8 N×C×H×W batch (RGB or grey) with every
+random number from one ``torch.Generator``, vectorised over the batch and free of
+host synchronisation; :func:`draw_policy` and :func:`apply_policy_draws` split the
+draws from the pixels (as :func:`draw_views` / :func:`apply_views` do). PIL's
+integer arithmetic is reproduced exactly, so each operation
+(:func:`apply_rand_augment_ops`) and the Cutout (:func:`cutout`) equal their PIL
+counterparts pixel for pixel. Both references apply it after ``RandomCrop(32,
+padding=4)`` and ``RandomHorizontalFlip()`` and before ``ToTensor`` / ``Normalize``,
+so a strong view is ``apply_policy(apply_views(raw, views, 4), policy, generator)``.
+
+Two policies are defined, equal in everything but Posterize's range:
+
+- :data:`FIXMATCH`: FixMatch's ``RandAugment(2, 10)`` as MLKD's code draws it (the
+  strong view of ``mlkd``). ``Jin-Ying/Multi-Level-Logit-Distillation`` @ 5ee473f,
+  ``mdistiller/dataset/cifar100.py``: the 14 operations and ranges :272-289, the
+  draws :298-304, ``Cutout`` / ``CutoutAbs`` :242-269 (centre :256-257, fill :265),
+  after RandomCrop + HFlip :332-334. :func:`rand_augment` is this policy with
+  ``num_ops`` and ``cutout_max`` overridable, draw for draw as before policies existed.
+- :data:`STREAMLINED`: the strong copy of Streamlined KD's CIFAR-100 recipe.
+  ``HyunJunSik/StreamLined`` @ e4ab795 / 4681da2 (``CIFAR-100/Utils/train.py`` is one
+  blob from e4ab795 to 7458628), whose ``distillation_train.py`` imports
+  ``load_dataset`` from ``train.py`` (:167) and trains on it (:192). In
+  ``CIFAR-100/Utils/train.py``: strong = RandomCrop(32, padding=4) :325,
+  RandomHorizontalFlip :326, ``RandAugment(2, 10)`` :327 (``m`` unused, :221);
+  operations and ranges :187-204; ``random.choices(k=n)`` :225 and
+  ``min + float(max - min) * random.random()`` :227 (no sign flips: Rotate's is
+  commented out, :128-129); Cutout fraction ``random.random() * 0.5`` :229, side
+  fraction·W :183, centre ``np.random.uniform(w)`` :164-165, corners :167-170, fill
+  (125, 123, 114) :173, ``ImageDraw.rectangle`` :175. The operations' code is
+  MLKD's line for line (only comments differ).
+
+  Differences from :data:`FIXMATCH`:
+
+  1. Posterize's range is [0, 1] (``train.py:195``; MLKD ``cifar100.py:280`` has
+     [4, 8]). ``Posterize`` does ``max(1, int(v))`` (``train.py:121-124``, its
+     ``# [4, 8]`` comment is stale), so with v in [0, 1) it always keeps 1 bit
+     per channel, where MLKD keeps 4 to 7 (8 never: v < 8).
+  2. Not in the transform but in how it is used: the strong copy is a separate
+     sample of ``ConcatDataset([weak, strong])`` (``train.py:343-351``, shuffled
+     100,000 samples an epoch, :355), not paired with a weak view of the same
+     image in the same batch as MLKD's ``MultipleApply`` (``cifar100.py:340``).
+     That is the caller's business; this module only makes the views.
+
+  The reference's ``requirements.txt`` (:72-73) lists both ``pillow==11.1.0`` and
+  ``Pillow-SIMD==7.0.0.post3``; which one drew the published numbers is unknown.
+  The tests compare with the installed Pillow.
+
+Randomness differs from the references only in its source: they draw from
+Python's ``random`` and NumPy's global generator per image in a DataLoader
+worker; here one ``torch.Generator`` draws the same distributions for the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import final
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "CUTOUT_FILL",
+    "FIXMATCH",
     "OPS",
+    "POLICIES",
+    "STREAMLINED",
+    "STREAMLINED_OPS",
+    "PolicyDraws",
+    "RandAugmentPolicy",
     "Views",
+    "apply_policy",
+    "apply_policy_draws",
     "apply_rand_augment_ops",
     "apply_views",
     "cutout",
+    "draw_policy",
     "draw_views",
     "normalize",
     "num_views",
@@ -160,8 +218,57 @@ OPS: tuple[tuple[str, float, float], ...] = (
     ("TranslateY", -0.3, 0.3),
 )
 _INDEX = {name: i for i, (name, _, _) in enumerate(OPS)}
+#: Streamlined KD's operations: :data:`OPS` with Posterize on [0, 1], i.e. always 1 bit (``train.py:187-204``).
+STREAMLINED_OPS: tuple[tuple[str, float, float], ...] = tuple(
+    (name, 0.0, 1.0) if name == "Posterize" else (name, low, high) for name, low, high in OPS
+)
 #: Cutout's fill colour in the reference (an RGB triple; its PIL luma for one-channel images).
 CUTOUT_FILL = (125, 123, 114)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RandAugmentPolicy:
+    """A RandAugment + Cutout policy: which operations, their magnitude ranges, how many, and the Cutout."""
+
+    name: str
+    """What the policy is called (for records and messages)."""
+    ops: tuple[tuple[str, float, float], ...]
+    """(operation, low, high): the operations drawn from, each a name of :data:`OPS` with its magnitude range."""
+    num_ops: int = 2
+    """Operations applied per image, drawn uniformly with replacement."""
+    cutout_max: float = 0.5
+    """The Cutout square's side is U[0, ``cutout_max``)·W (clipped to the image); 0 turns Cutout off."""
+    cutout_fill: tuple[int, int, int] = CUTOUT_FILL
+    """The square's RGB colour (its PIL luma on one-channel images)."""
+
+    def __post_init__(self) -> None:
+        if not self.ops:
+            raise ValueError(f"RandAugment policy {self.name!r}: ops must name at least one operation")
+        for op in self.ops:
+            if len(op) != 3 or op[0] not in _INDEX or not op[1] <= op[2]:
+                known = ", ".join(_INDEX)
+                raise ValueError(
+                    f"RandAugment policy {self.name!r}: {op!r} is not (name, low, high) with low <= high "
+                    f"and a name among {known}"
+                )
+        if self.num_ops < 0:
+            raise ValueError(f"RandAugment policy {self.name!r}: num_ops must be >= 0, got {self.num_ops}")
+        if not self.cutout_max >= 0.0:
+            raise ValueError(f"RandAugment policy {self.name!r}: cutout_max must be >= 0, got {self.cutout_max}")
+        if len(self.cutout_fill) != 3 or not all(0 <= v <= 255 for v in self.cutout_fill):
+            raise ValueError(
+                f"RandAugment policy {self.name!r}: cutout_fill must be an RGB triple in 0..255, "
+                f"got {self.cutout_fill!r}"
+            )
+
+
+#: MLKD's strong view: FixMatch's ``RandAugment(2, 10)`` + Cutout U[0, ½)·W (``mdistiller/dataset/cifar100.py``).
+FIXMATCH = RandAugmentPolicy("fixmatch", OPS, num_ops=2, cutout_max=0.5)
+#: Streamlined KD's strong copy: as :data:`FIXMATCH` but Posterize on [0, 1] (``CIFAR-100/Utils/train.py``).
+STREAMLINED = RandAugmentPolicy("streamlined", STREAMLINED_OPS, num_ops=2, cutout_max=0.5)
+#: The policies by name: what a recipe's ``strong_copy`` may name.
+POLICIES: dict[str, RandAugmentPolicy] = {policy.name: policy for policy in (FIXMATCH, STREAMLINED)}
 
 
 # ---------------------------------------------------------------- pixel operations (uint8 N×C×H×W, PIL semantics)
@@ -319,24 +426,39 @@ def _geometric(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor) ->
     return torch.where(inside.unsqueeze(1), out, torch.zeros_like(out))
 
 
+def _apply_ops(
+    images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, geometric: bool, pixel: tuple[str, ...]
+) -> torch.Tensor:
+    """Return ``images`` with ``OPS[ops[i]]`` of magnitude ``values[i]`` applied, computing only the kinds named."""
+    out = _geometric(images, ops, values) if geometric else images
+    for name in pixel:
+        out = torch.where((ops == _INDEX[name]).view(-1, 1, 1, 1), _pixel_op(name, out, values), out)
+    return out
+
+
 def apply_rand_augment_ops(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Return uint8 N×C×H×W ``images`` with operation ``OPS[ops[i]]`` of magnitude ``values[i]`` applied to image i.
 
     Vectorised: the affine operations are one gather; each other operation is
     computed for the batch and kept where drawn. No host synchronisation.
     """
-    out = _geometric(images, ops, values)
-    for name in _PIXEL:
-        out = torch.where((ops == _INDEX[name]).view(-1, 1, 1, 1), _pixel_op(name, out, values), out)
-    return out
+    return _apply_ops(images, ops, values, True, _PIXEL)
 
 
-def cutout(images: torch.Tensor, fractions: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cutout(
+    images: torch.Tensor,
+    fractions: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fill: tuple[int, int, int] = CUTOUT_FILL,
+) -> torch.Tensor:
     """Return the reference's ``Cutout(img, fraction)`` with the square's raw centre (x, y) given per image.
 
     As ``CutoutAbs``: side v = fraction·W, x0 = int(max(0, x − v/2)),
     x1 = min(W, x0 + v) (likewise y), PIL's ``rectangle`` filling columns x0 …
-    int(x1) and rows y0 … int(y1) inclusive; nothing for fraction ≤ 0.
+    int(x1) and rows y0 … int(y1) inclusive with ``fill``; nothing for fraction ≤ 0.
+    One-channel images get the fill's PIL luma (the references' code fails on
+    them: PIL takes no RGB ink for mode "L").
     """
     n, c, h, w = images.shape
     side = fractions.double() * w
@@ -351,10 +473,83 @@ def cutout(images: torch.Tensor, fractions: torch.Tensor, x: torch.Tensor, y: to
         return (t >= low.view(-1, 1, 1)) & (t <= high.view(-1, 1, 1))
 
     square = within(cols, x0, x1) & within(rows, y0, y1) & (fractions > 0).view(-1, 1, 1)
-    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=images.device).view(1, 3, 1, 1)
-    if c == 1:
-        fill = _luma(fill).to(torch.uint8)
-    return torch.where(square.unsqueeze(1), fill.expand(n, c, h, w), images)
+    colour = _fill_column(tuple(fill), c == 1, images.device)
+    return torch.where(square.unsqueeze(1), colour.expand(n, c, h, w), images)
+
+
+@lru_cache(maxsize=32)
+def _fill_column(fill: tuple[int, ...], grey: bool, device: torch.device) -> torch.Tensor:
+    """Return ``fill`` as uint8 1×3×1×1 on ``device``, or its PIL luma as 1×1×1×1 (cached; never modify it)."""
+    colour = torch.tensor(fill, dtype=torch.uint8, device=device).view(1, 3, 1, 1)
+    return _luma(colour).to(torch.uint8) if grey else colour
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PolicyDraws:
+    """The random numbers of one :class:`RandAugmentPolicy` application, raw; the policy maps them to magnitudes."""
+
+    ops: torch.Tensor
+    """int64 (N, num_ops): each image's operations, indices into ``policy.ops``, applied left to right."""
+    units: torch.Tensor
+    """float64 (N, num_ops) in [0, 1): magnitude = low + (high − low)·unit, as ``min + float(max − min)·random()``."""
+    side: torch.Tensor
+    """float64 (N,) in [0, 1): Cutout's side fraction = unit·``cutout_max``."""
+    centre: torch.Tensor
+    """float64 (N, 2) in [0, 1): the square's raw centre x = W + (1 − W)·u, y likewise: ``np.random.uniform(W)``."""
+
+
+def draw_policy(
+    policy: RandAugmentPolicy, n: int, generator: torch.Generator, device: torch.device | str | None = None
+) -> PolicyDraws:
+    """Return the draws of ``policy`` for ``n`` images: operations uniform with replacement, units uniform on [0, 1).
+
+    Drawn on ``generator``'s device, then moved to ``device`` (default: the
+    generator's), in the order operations, magnitudes, Cutout sides, centres.
+    """
+    source = generator.device
+    ops = torch.randint(0, len(policy.ops), (n, policy.num_ops), generator=generator, device=source)
+    units = torch.rand((n, policy.num_ops), generator=generator, device=source, dtype=torch.float64)
+    side = torch.rand(n, generator=generator, device=source, dtype=torch.float64)
+    centre = torch.rand((n, 2), generator=generator, device=source, dtype=torch.float64)
+    target = source if device is None else torch.device(device)
+    return PolicyDraws(ops=ops.to(target), units=units.to(target), side=side.to(target), centre=centre.to(target))
+
+
+@lru_cache(maxsize=32)
+def _policy_tables(policy: RandAugmentPolicy, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the policy's operations as int64 indices into :data:`OPS` and float64 lows and highs (cached)."""
+    index = torch.tensor([_INDEX[name] for name, _, _ in policy.ops], dtype=torch.int64, device=device)
+    low = torch.tensor([float(lo) for _, lo, _ in policy.ops], dtype=torch.float64, device=device)
+    high = torch.tensor([float(hi) for _, _, hi in policy.ops], dtype=torch.float64, device=device)
+    return index, low, high
+
+
+def apply_policy_draws(images: torch.Tensor, policy: RandAugmentPolicy, draws: PolicyDraws) -> torch.Tensor:
+    """Return uint8 N×C×H×W ``images`` with ``policy`` applied as ``draws`` say: the operations in turn, then Cutout."""
+    _, _, h, w = images.shape
+    device = images.device
+    index, low, high = _policy_tables(policy, device)
+    ops = draws.ops.to(device)
+    values = low[ops] + (high[ops] - low[ops]) * draws.units.to(device)
+    names = {name for name, _, _ in policy.ops}
+    geometric = any(name in names for name in _GEOMETRIC)
+    pixel = tuple(name for name in _PIXEL if name in names)
+    out = images
+    for k in range(ops.shape[1]):
+        out = _apply_ops(out, index[ops[:, k]], values[:, k], geometric, pixel)
+    fractions = draws.side.to(device) * policy.cutout_max
+    centre = draws.centre.to(device)
+    x, y = w + (1 - w) * centre[:, 0], h + (1 - h) * centre[:, 1]
+    return cutout(out, fractions, x, y, policy.cutout_fill)
+
+
+def apply_policy(images: torch.Tensor, policy: RandAugmentPolicy, generator: torch.Generator) -> torch.Tensor:
+    """Return ``policy`` (RandAugment + Cutout) applied to uint8 N×C×H×W ``images``, all randomness from ``generator``.
+
+    Give a generator on ``images``' device to stay free of host-device copies.
+    """
+    return apply_policy_draws(images, policy, draw_policy(policy, images.shape[0], generator, images.device))
 
 
 def rand_augment(
@@ -362,22 +557,12 @@ def rand_augment(
 ) -> torch.Tensor:
     """Return FixMatch-style ``RandAugment(num_ops)`` + Cutout of uint8 images, all randomness from ``generator``.
 
-    Per image: ``num_ops`` operations drawn uniformly with replacement, each
-    magnitude uniform on its range, then a Cutout of side fraction
-    U[0, ``cutout_max``) whose raw centre is ``np.random.uniform(W)`` (uniform on (1, W]).
+    :data:`FIXMATCH` with ``num_ops`` and ``cutout_max`` replaced: per image,
+    ``num_ops`` operations drawn uniformly with replacement, each magnitude
+    uniform on its range, then a Cutout of side fraction U[0, ``cutout_max``)
+    whose raw centre is ``np.random.uniform(W)`` (uniform on (1, W]).
     """
-    n, _, h, w = images.shape
-    device = generator.device
-    ops = torch.randint(0, len(OPS), (n, num_ops), generator=generator, device=device)
-    unit = torch.rand((n, num_ops), generator=generator, device=device, dtype=torch.float64)
-    low = torch.tensor([lo for _, lo, _ in OPS], dtype=torch.float64, device=device)
-    high = torch.tensor([hi for _, _, hi in OPS], dtype=torch.float64, device=device)
-    values = low[ops] + (high[ops] - low[ops]) * unit
-    fractions = torch.rand(n, generator=generator, device=device, dtype=torch.float64) * cutout_max
-    centre = torch.rand((n, 2), generator=generator, device=device, dtype=torch.float64)
-    out = images
-    target = images.device
-    for k in range(num_ops):
-        out = apply_rand_augment_ops(out, ops[:, k].to(target), values[:, k].to(target))
-    x, y = w + (1 - w) * centre[:, 0], h + (1 - h) * centre[:, 1]
-    return cutout(out, fractions.to(target), x.to(target), y.to(target))
+    policy = FIXMATCH
+    if (num_ops, cutout_max) != (policy.num_ops, policy.cutout_max):
+        policy = replace(policy, num_ops=num_ops, cutout_max=cutout_max)
+    return apply_policy(images, policy, generator)

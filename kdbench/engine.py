@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from kdbench.augment import Views, apply_views, draw_views, normalize
+from kdbench.augment import POLICIES, RandAugmentPolicy, Views, apply_policy, apply_views, draw_views, normalize
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import FeatureCapture, Signals, concat_signals
@@ -106,6 +106,15 @@ def _steps_per_epoch(num_train: int, batch_size: int) -> int:
     # A trailing batch of one sample breaks BatchNorm in train mode; the reference
     # loaders would crash there, we drop that single sample instead.
     return steps - 1 if num_train % batch_size == 1 and steps > 1 else steps
+
+
+def _strong_policy(name: str) -> RandAugmentPolicy | None:
+    """Return the augmentation policy a recipe's ``strong_copy`` names (None for none)."""
+    if not name:
+        return None
+    if name not in POLICIES:
+        raise KdbenchError(f"recipe strong_copy {name!r} is not an augmentation policy; known: {', '.join(POLICIES)}")
+    return POLICIES[name]
 
 
 def _subset(views: Views, index: torch.Tensor) -> Views:
@@ -340,20 +349,26 @@ class RunState:
             group["lr"] = self._lr(segment, epoch)
         generator = _epoch_generator(self.seed, position, device)
         num_train = self.train_images.shape[0]
-        order = torch.randperm(num_train, generator=generator, device=device)
+        policy = _strong_policy(self.recipe.strong_copy)
+        samples = num_train * (2 if policy is not None else 1)  # with a strong copy: every image twice
+        order = torch.randperm(samples, generator=generator, device=device)
         augment = self.dataset.augment
-        views = draw_views(num_train, augment.pad, augment.flip, generator, device)
+        views = draw_views(samples, augment.pad, augment.flip, generator, device)
         batch_size = self.recipe.batch_size
-        steps = _steps_per_epoch(num_train, batch_size)
+        steps = _steps_per_epoch(samples, batch_size)
         self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
         student_capture, teacher_capture = self.captures(segment)
         sums: dict[str, torch.Tensor] = {}
         try:
             for step in range(steps):
-                index = order[step * batch_size : (step + 1) * batch_size]
+                drawn = order[step * batch_size : (step + 1) * batch_size]
+                index = drawn % num_train if policy is not None else drawn
                 raw = self.train_images[index]
-                images = apply_views(raw, _subset(views, index), augment.pad)
+                images = apply_views(raw, _subset(views, drawn), augment.pad)
+                if policy is not None:  # the copy's half of the batch gets the strong policy on top (no sync)
+                    strong = apply_policy(images, policy, generator)
+                    images = torch.where((drawn >= num_train).view(-1, 1, 1, 1), strong, images)
                 images = normalize(images, self.dataset.mean, self.dataset.std)
                 if self.options.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)

@@ -1,21 +1,25 @@
 """Feature taps: one mechanism that exposes intermediate tensors of any model.
 
 A model built by a model plugin carries a ``feature_taps`` attribute (a
-:class:`FeatureTaps`). Each *stage tap* names a module whose **output** is the
-post-activation feature of a stage and whose **input** is the same feature
-before that activation ("preact"). Model authors therefore route the last
-activation of each stage through its own non-inplace module (an ``nn.ReLU``, or
-an ``nn.Identity`` where the stage ends without one); such modules have no
-parameters, so state_dict keys are unchanged. The pooled embedding is the input
-of the classifier module. Forward hooks are attached to the *instance* only
-while a :class:`FeatureCapture` is active, and only for the signals requested.
+:class:`FeatureTaps`) that names, by module name, where each signal is read:
+a stage feature is the **output** of a module, a stage's pre-activation
+("preact") is the **input** of a module, and the pooled embedding is the input
+of the classifier. By default one module per stage serves both (its output is
+the feature, its input the preact); a model whose feature and preact are not
+the two sides of one module names separate preact modules. Model authors route
+each tapped activation through its own non-inplace module (an ``nn.ReLU``, or
+an ``nn.Identity`` where a stage ends without one); such modules have no
+parameters, so state_dict keys are unchanged. Forward hooks are attached to the
+*instance* only while a :class:`FeatureCapture` is active, and only for the
+signals requested; they read tensors the forward computes anyway, so no module
+runs twice and BatchNorm statistics are updated once per forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, Literal, final
 
 import torch
 from torch import nn
@@ -31,14 +35,58 @@ SIGNALS = frozenset({"logits", "feats", "preact", "embedding"})
 @final
 @dataclass(frozen=True, slots=True)
 class FeatureTaps:
-    """Where a model's stage features, embedding and BN-before-ReLU layers live."""
+    """Where a model's stage features, their pre-activations, embedding and BN-before-ReLU layers live.
+
+    Modules are named as in ``model.named_modules()``, one per stage, stem
+    first; hooks read the *output* of a ``stages`` module and the *input* of a
+    ``preact`` module.
+
+    * ``feats[k]`` is the feature of stage ``k``; for a model of a reference
+      zoo, exactly the zoo's ``forward(x, is_feat=True)`` entry (post-ReLU in
+      most families, the raw stage output in a pre-activation WRN).
+    * ``preact[k]`` is the tensor the network *activates* stage ``k``'s feature
+      from. In a post-activation network (conv → BN → ReLU, residual sum → ReLU)
+      that is the stage output before its last ReLU, so ``relu(preact) ==
+      feats``; the default (``preact=()``) reads it as the input of the
+      ``stages`` module, which is then that ReLU (or an ``nn.Identity`` where a
+      stage ends linearly, so that preact and feature are one tensor). A model
+      whose feature and preact are not the two sides of one module names the
+      preact modules separately: a pre-activation WRN's feature is the raw stage
+      output and its preact the input of the next unit's ReLU, ``bn(feature)``
+      (``stages=("conv1", "block1", ...)``, ``preact=("block1.layer.0.relu1",
+      "block2.layer.0.relu1", ...)``). For stages 1..K this is the references'
+      ``preact=True`` list (RepDistiller, MDistiller's ``preact_feats``).
+    * ``preact[0]`` follows kdbench's convention, not the references': it is the
+      stem's own pre-activation by the same rule as the other stages (e.g. the
+      stem BN's output before its ReLU; for WRN ``bn(conv1 output)``), whereas
+      the references repeat the stem feature ``feats[0]`` there. No shipped
+      method reads ``preact[0]`` (AB, OFD and ReviewKD use ``preact[1:]``).
+
+    Taps only read tensors the forward computes: nothing is recomputed, so
+    BatchNorm statistics are updated once per training step (the references
+    apply WRN's BN a second time to get the preact).
+    """
 
     stages: tuple[str, ...]
-    """Module names, stem first: output = stage feature, input = its preact."""
+    """Modules whose output is each stage's feature; by default their input is its preact."""
     classifier: str
     """Module name of the classifier; its input is the pooled embedding."""
     bn_before_relu: tuple[str, ...] = ()
-    """Per stage, the BatchNorm module feeding that stage's last activation."""
+    """Per stage, the BatchNorm whose output is (or, with a residual sum, feeds) that stage's preact."""
+    preact: tuple[str, ...] = ()
+    """Per stage, the module whose input is that stage's preact; empty: the ``stages`` modules."""
+
+    def __post_init__(self) -> None:
+        if self.preact and len(self.preact) != len(self.stages):
+            raise ValueError(
+                f"FeatureTaps.preact names {len(self.preact)} modules for {len(self.stages)} stages; "
+                "name one per stage, or none to read the preacts as the inputs of the stage modules"
+            )
+
+    @property
+    def preact_modules(self) -> tuple[str, ...]:
+        """Return the module whose input is each stage's preact (``preact``, else ``stages``)."""
+        return self.preact or self.stages
 
 
 @final
@@ -90,8 +138,8 @@ class FeatureCapture:
             raise ValueError(f"unknown signals {sorted(unknown)}; known: {sorted(SIGNALS)}")
         self.model = model
         self.wanted = wanted
-        self._inputs: dict[int, torch.Tensor] = {}
-        self._outputs: dict[int, torch.Tensor] = {}
+        self._feats: dict[int, torch.Tensor] = {}
+        self._preact: dict[int, torch.Tensor] = {}
         self._embedding: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stage_count = 0
@@ -100,20 +148,23 @@ class FeatureCapture:
 
     def _attach(self, taps: FeatureTaps) -> None:
         modules = dict(self.model.named_modules())
-        missing = [n for n in (*taps.stages, taps.classifier) if n not in modules]
+        missing = [n for n in dict.fromkeys((*taps.stages, *taps.preact, taps.classifier)) if n not in modules]
         if missing:
             raise KeyError(f"{type(self.model).__name__}: feature taps name missing modules {missing}")
-        if self.wanted & {"feats", "preact"}:
-            self._stage_count = len(taps.stages)
+        self._stage_count = len(taps.stages)
+        if "feats" in self.wanted:
             for index, name in enumerate(taps.stages):
-                self._handles.append(modules[name].register_forward_hook(self._stage_hook(index)))
+                self._handles.append(modules[name].register_forward_hook(self._keep(self._feats, index, "output")))
+        if "preact" in self.wanted:
+            for index, name in enumerate(taps.preact_modules):
+                self._handles.append(modules[name].register_forward_hook(self._keep(self._preact, index, "input")))
         if "embedding" in self.wanted:
             self._handles.append(modules[taps.classifier].register_forward_hook(self._embedding_hook))
 
-    def _stage_hook(self, index: int):
+    @staticmethod
+    def _keep(store: dict[int, torch.Tensor], index: int, side: Literal["input", "output"]):
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            self._inputs[index] = inputs[0]
-            self._outputs[index] = output
+            store[index] = output if side == "output" else inputs[0]
 
         return hook
 
@@ -125,12 +176,14 @@ class FeatureCapture:
         logits = self.model(images)
         signals = Signals(logits=logits, feats=_NotRequested("feats"), preact=_NotRequested("preact"))
         if "feats" in self.wanted:
-            signals.feats = [self._outputs[i] for i in range(self._stage_count)]
+            signals.feats = [self._feats[i] for i in range(self._stage_count)]
         if "preact" in self.wanted:
-            signals.preact = [self._inputs[i] for i in range(self._stage_count)]
+            signals.preact = [self._preact[i] for i in range(self._stage_count)]
         if "embedding" in self.wanted:
             signals.embedding = self._embedding
-        self._inputs, self._outputs, self._embedding = {}, {}, None
+        self._feats.clear()  # cleared, not replaced: the hooks hold these dicts
+        self._preact.clear()
+        self._embedding = None
         return signals
 
     def close(self) -> None:

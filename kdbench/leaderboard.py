@@ -12,6 +12,7 @@ listed, never dropped. An efficiency table and accuracy-vs-cost plots follow;
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,7 +51,15 @@ THROUGHPUT_BATCH = 256
 
 @dataclass(frozen=True, slots=True)
 class Reported:
-    """A published top-1 (%) for (dataset, teacher, student, method) and its source."""
+    """A published top-1 (%) for (reference, teacher, student, method), its source and its protocol.
+
+    ``protocol`` is the epoch rule the source reports (``best`` or ``last``; what its code keeps
+    where the text does not say) and ``runs`` how many runs its number averages (0: not stated).
+    ``dataset`` is the reference key a suite names (``cifar100``; ``cifar100-streamlined`` for a
+    table made under another recipe). ``method`` is the source's label, matched to a kdbench method
+    name ignoring case, ``-`` and ``_``; a label that names a method differently is written as
+    kdbench's name in the CSV (Streamlined KD's "StreamlinedKD" is ``SKD``).
+    """
 
     source: str
     dataset: str
@@ -58,14 +67,30 @@ class Reported:
     student: str
     method: str
     top1: float
+    protocol: str = "last"
+    runs: int = 0
+
+    @property
+    def rule(self) -> str:
+        """Return the record field that holds our number under this claim's protocol."""
+        return "best_top1" if self.protocol == "best" else "last_top1"
 
 
 def load_reported() -> list[Reported]:
     """Return the published numbers shipped with kdbench (``kdbench/reference/cifar100_reported.csv``)."""
     text = resources.files("kdbench").joinpath("reference/cifar100_reported.csv").read_text(encoding="utf-8")
-    rows = csv.DictReader(text.splitlines())
     return [
-        Reported(r["source"], r["dataset"], r["teacher"], r["student"], r["method"], float(r["top1"])) for r in rows
+        Reported(
+            r["source"],
+            r["dataset"],
+            r["teacher"],
+            r["student"],
+            r["method"],
+            float(r["top1"]),
+            r["protocol"],
+            int(r["runs"] or 0),
+        )
+        for r in csv.DictReader(text.splitlines())
     ]
 
 
@@ -108,6 +133,14 @@ class _Cell:
     failed: int
     unverified: int = 0
     """Results made from data whose files differ from their published checksums."""
+    by_rule: Mapping[str, tuple[float, ...]] | None = None
+    """The finished runs' numbers under each epoch rule (``best_top1``, ``last_top1``): what a Δ uses."""
+    rule: str = "best_top1"
+    """The rule of ``values`` (the board's)."""
+
+    def under(self, rule: str) -> tuple[float, ...]:
+        """Return the cell's numbers under epoch rule ``rule``."""
+        return (self.by_rule or {}).get(rule, self.values if rule == self.rule else ())
 
 
 def _unverified(record: Mapping[str, Any]) -> bool:
@@ -131,6 +164,7 @@ class _Table:
     def _values(self, runs: Iterable[PlannedRun]) -> _Cell:
         runs = list(runs)
         values, failed, unverified = [], 0, 0
+        by_rule: dict[str, list[float]] = {"best_top1": [], "last_top1": []}
         for run in runs:
             record = self.records.get(run.run_id)
             if record is None:
@@ -138,9 +172,13 @@ class _Table:
             if record["status"] == "finished" and record.get(self.rule) is not None:
                 values.append(float(record[self.rule]))
                 unverified += _unverified(record)
+                for rule, numbers in by_rule.items():
+                    if record.get(rule) is not None:
+                        numbers.append(float(record[rule]))
             elif record["status"] in ("failed", "diverged"):
                 failed += 1
-        return _Cell(tuple(values), len(runs), failed, unverified)
+        frozen = {rule: tuple(numbers) for rule, numbers in by_rule.items()}
+        return _Cell(tuple(values), len(runs), failed, unverified, frozen, self.rule)
 
     def any_unverified(self) -> bool:
         """Return whether any finished record of the plan was made from unverified data."""
@@ -177,10 +215,42 @@ def _cell_text(cell: _Cell, bold: bool, claim: Reported | None, markers: dict[st
         return ours
     marker = markers.setdefault(claim.source, _superscript(len(markers) + 1))
     text = f"{ours} · paper {claim.top1:.2f}{marker}"
-    if cell.values:
-        delta = round(_shown_mean(cell.values) - claim.top1, 2) + 0.0  # of the numbers shown; + 0.0: no "-0.00"
-        text += f" (Δ {delta:+.2f})"
+    ours_under_claim = cell.under(claim.rule)
+    if ours_under_claim:
+        # Our mean under the claim's own epoch rule, rounded as shown; + 0.0: no "-0.00".
+        delta = round(_shown_mean(ours_under_claim) - claim.top1, 2) + 0.0
+        other = "" if claim.rule == cell.rule else f", {claim.protocol} epoch"
+        text += f" (Δ {delta:+.2f}{other})"
     return text
+
+
+def _source_note(claim: Reported, board_rule: str) -> str:
+    """Return a footnote: the source, the epoch rule it reports, how many runs, and what its Δ compares."""
+    runs = "" if not claim.runs else (", one run" if claim.runs == 1 else f", mean of {claim.runs} runs")
+    note = f"{claim.source}: {claim.protocol} epoch{runs}"
+    if claim.rule != board_rule:
+        note += f"; its Δ uses our {claim.protocol}-epoch numbers"
+    return note
+
+
+def _choices_notes(table: _Table) -> list[str]:
+    """Return the notes naming every per-pair setting that has no published source (kdbench's choice)."""
+    chosen: dict[tuple[str, str, str], list[str]] = {}
+    for pair in table.suite.pairs:
+        for method, names in pair.choices.items():
+            run = next((r for r in _trained(table.plan, "student") if r.pair and r.pair.label == pair.label
+                        and r.method == method), None)  # fmt: skip
+            if run is None:
+                continue
+            for name in names:
+                value = json.dumps(run.params.get(name))
+                chosen.setdefault((method, name, value), []).append(pair.label)
+    if not chosen:
+        return []
+    lines = ["Settings without a published source (kdbench's choice, marked in the suite file):", ""]
+    for (method, name, value), pairs in sorted(chosen.items()):
+        lines.append(f"- `{method}` {name} = {value} on {', '.join(pairs)}")
+    return [*lines, ""]
 
 
 def _superscript(number: int) -> str:
@@ -406,21 +476,22 @@ def _seed_order(seed: str) -> tuple[int, str]:
 def _own_recipes(table: _Table) -> list[str]:
     """Return one line per method whose runs use recipe fields other than the suite's."""
     changes: dict[str, dict[str, str]] = {}
-    for run in table.plan:
-        if run.pair is None or not isinstance(run, TrainRun):
-            continue
+    for run in _trained(table.plan, "student"):
         suite_recipe = recipe_config(student_recipe(table.suite.recipe, run.model))
         own = recipe_config(run.recipe)
-        diff = {k: v for k, v in own.items() if k != "lr_overrides" and suite_recipe.get(k) != v}
+        keys = set(own) | set(suite_recipe)
+        diff = {k: own.get(k) for k in keys if k != "lr_overrides" and suite_recipe.get(k) != own.get(k)}
         if diff:
             text = ", ".join(f"{k} {v}" for k, v in sorted(diff.items()))
-            changes.setdefault(run.method, {})[run.pair.label] = text
-    return [
-        f"- `{method}` runs with its own published recipe: "
-        + "; ".join(f"{text} on {pair}" for pair, text in sorted(per_pair.items()))
-        + "."
-        for method, per_pair in sorted(changes.items())
-    ]
+            changes.setdefault(run.method, {})[run.pair.label if run.pair else run.model] = text
+    lines = []
+    for method, per_pair in sorted(changes.items()):
+        by_text: dict[str, list[str]] = {}
+        for pair, text in sorted(per_pair.items()):
+            by_text.setdefault(text, []).append(pair)
+        parts = "; ".join(f"{text} on {', '.join(pairs)}" for text, pairs in by_text.items())
+        lines.append(f"- `{method}` runs with its own published recipe: {parts}.")
+    return lines
 
 
 def _pruning_table(table: _Table) -> str | None:
@@ -511,7 +582,13 @@ def _provenance(table: _Table) -> list[str]:
         f"- **Top-1 (%)** on the `{table.suite.dataset}` test set, **{rule}**, mean ± sample std over seeds "
         f"{', '.join(map(str, table.suite.seeds))}; `n` = runs stored; {PENDING} = not run yet.",
         f"- Recipe: {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}, batch {recipe.batch_size}, "
-        f"SGD lr {recipe.lr} (momentum {recipe.momentum}, wd {recipe.weight_decay}), {_decay(recipe)}.",
+        f"SGD lr {recipe.lr} (momentum {recipe.momentum}, wd {recipe.weight_decay}), {_decay(recipe)}"
+        + (
+            f"; each epoch the train set twice, its usual views and a copy through the `{recipe.strong_copy}` "
+            "RandAugment + Cutout policy."
+            if recipe.strong_copy
+            else "."
+        ),
         *_own_recipes(table),
         f"- Produced on: {'; '.join(devices) or PENDING}; kdbench {', '.join(versions) or PENDING}; "
         f"{minutes:.1f} min of training in the stored runs.",
@@ -637,9 +714,15 @@ def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Rep
             "",
         ]
     if markers:
-        lines += ["Published claims (`paper`; Δ = ours − paper, of the rounded numbers shown):", ""]
-        lines += [f"- {marker} {source}" for source, marker in markers.items()]
+        lines += [
+            "Published claims (`paper`; Δ = ours − paper, of the rounded numbers shown, with our number under the "
+            "claim's own epoch rule):",
+            "",
+        ]
+        protocols = {claim.source: claim for claim in claims.values()}
+        lines += [f"- {marker} {_source_note(protocols[source], table.rule)}" for source, marker in markers.items()]
         lines.append("")
+    lines += _choices_notes(table)
     lines += _missing_runs(table)
     pruning = _pruning_table(table)
     if pruning is not None:

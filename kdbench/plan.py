@@ -89,6 +89,8 @@ def recipe_config(recipe: Recipe) -> dict[str, Any]:
         "lr_gamma": recipe.lr_gamma,
         "lr_overrides": dict(recipe.lr_overrides),
         "eval_batch_size": recipe.eval_batch_size,
+        # Written only when set: the configs (and run ids) of every other recipe stay as they were.
+        **({"strong_copy": recipe.strong_copy} if recipe.strong_copy else {}),
     }
 
 
@@ -486,6 +488,9 @@ def _check_params(suite: SuiteSpec, host: PluginHost) -> None:
     tables = [(f"[distiller_params.{name}]", name, values) for name, values in suite.distiller_params.items()]
     for index, pair in enumerate(suite.pairs):
         tables += [(f"pairs[{index}].params.{name}", name, values) for name, values in pair.params.items()]
+        tables += [
+            (f"pairs[{index}].choices.{name}", name, dict.fromkeys(names)) for name, names in pair.choices.items()
+        ]
     for where, name, values in tables:
         if name not in running:
             continue

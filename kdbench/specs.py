@@ -261,6 +261,10 @@ class Recipe:
     lr_overrides: Mapping[str, float] = field(default_factory=dict)
     """Base LR per student architecture (e.g. 0.01 for ShuffleV1/V2, MobileNetV2)."""
     eval_batch_size: int = 1000
+    strong_copy: str = ""
+    """Name of a strong augmentation policy (``kdbench.augment.POLICIES``, e.g. ``"streamlined"``): each epoch
+    then trains on the train set twice, its usual views and a copy augmented with that policy on top,
+    shuffled together (Streamlined KD's recipe). Empty: the train set once."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_overrides", _frozen(self.lr_overrides))
@@ -288,11 +292,15 @@ class PairSpec:
     """Methods that cannot run on this pair (e.g. FSP needs equal channels); shown as n/a."""
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per-method recipe fields for this pair (a method's own published schedule, e.g. MLKD's)."""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Method → the parameters whose value on this pair has no published source (kdbench's choice);
+    leaderboards list them in their notes."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen({k: _frozen(v) for k, v in dict(self.params).items()}))
         object.__setattr__(self, "skip", tuple(self.skip))
         object.__setattr__(self, "recipes", _frozen({k: _frozen(v) for k, v in dict(self.recipes).items()}))
+        object.__setattr__(self, "choices", _frozen({k: tuple(v) for k, v in dict(self.choices).items()}))
 
     @property
     def label(self) -> str:

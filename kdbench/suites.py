@@ -100,6 +100,8 @@ def _recipe_data(recipe: Recipe) -> dict[str, Any]:
     data = {name: getattr(recipe, name) for name in sorted(_RECIPE_FIELDS)}
     data["lr_milestones"] = list(recipe.lr_milestones)
     data["lr_overrides"] = dict(recipe.lr_overrides)
+    if not recipe.strong_copy:
+        del data["strong_copy"]  # as before the field existed
     return data
 
 
@@ -123,6 +125,7 @@ def suite_to_data(suite: SuiteSpec) -> dict[str, Any]:
                 "params": _nested(pair.params),
                 "skip": list(pair.skip),
                 "recipes": _nested(pair.recipes),
+                **({"choices": {k: list(v) for k, v in pair.choices.items()}} if pair.choices else {}),
             }
             for pair in suite.pairs
         ],
@@ -182,6 +185,8 @@ def recipe_problems(recipe: Recipe) -> list[str]:
             problems.append(f"{name} must be {what}, got {value!r}")
     if not isinstance(recipe.nesterov, bool):
         problems.append(f"nesterov must be true or false, got {recipe.nesterov!r}")
+    if not isinstance(recipe.strong_copy, str):
+        problems.append(f"strong_copy must be the name of an augmentation policy, got {recipe.strong_copy!r}")
     milestones = recipe.lr_milestones
     if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
         problems.append(f"lr_milestones must be non-negative integers (epochs), got {list(milestones)!r}")
@@ -194,7 +199,7 @@ def recipe_problems(recipe: Recipe) -> list[str]:
 def _pair(entry: Any, where: str, index: int) -> PairSpec:
     if not isinstance(entry, dict) or not {"teacher", "student"} <= set(entry):
         raise SuiteError(f"{where}: pairs[{index}] needs `teacher` and `student`")
-    unknown = sorted(set(entry) - {"teacher", "student", "params", "skip", "recipes"})
+    unknown = sorted(set(entry) - {"teacher", "student", "params", "skip", "recipes", "choices"})
     if unknown:
         raise SuiteError(f"{where}: pairs[{index}] has unknown key(s) {', '.join(unknown)}")
     params = _tables(entry.get("params", {}), where, f"pairs[{index}].params")
@@ -204,7 +209,15 @@ def _pair(entry: Any, where: str, index: int) -> PairSpec:
         params=params,
         skip=tuple(_strings(entry.get("skip", []), where, f"pairs[{index}].skip")),
         recipes=_recipe_tables(entry.get("recipes", {}), Recipe(), where, f"pairs[{index}].recipes"),
+        choices=_choices(entry.get("choices", {}), where, f"pairs[{index}].choices"),
     )
+
+
+def _choices(value: Any, where: str, key: str) -> dict[str, list[str]]:
+    """Return method → parameter names (settings without a published source), checked for shape."""
+    if not isinstance(value, dict):
+        raise SuiteError(f"{where}: `{key}` must map method names to lists of parameter names")
+    return {str(method): _strings(names, where, f"{key}.{method}") for method, names in value.items()}
 
 
 _PRUNE_KEYS = {"pruner", "ratio", "macs", "finetune_epochs", "finetune_lr", "methods", "round_to", "global", "params"}

@@ -412,9 +412,11 @@ def _check_phases(bench: _DistillerBench, pair: _Pair) -> None:
         sums = state.train_epoch(0)
     _check_terms(bench.subject, where, sums)
     _require(any(not torch.equal(b, p) for b, p in zip(before, trained)), bench.subject, f"{where} changed nothing")
+    moved = [k for k, v in running.items() if not torch.equal(v, state.student.state_dict()[k])]
     if phase.student_mode == "eval":
-        moved = [k for k, v in running.items() if not torch.equal(v, state.student.state_dict()[k])]
         _require(not moved, bench.subject, f"{where} keeps the student in eval mode, yet BN statistics moved: {moved}")
+    elif state.distiller.signals(phase)[0]:  # the student runs in a train-mode phase: its BN statistics move
+        _require(moved, bench.subject, f"{where} puts the student in train mode, yet no BN statistic moved")
 
 
 def _check_main_epoch(bench: _DistillerBench, pair: _Pair) -> dict[str, float]:
@@ -691,7 +693,8 @@ def _check_taps(subject: str, model: nn.Module, x: torch.Tensor, num_classes: in
     taps = getattr(model, "feature_taps", None)
     _require(isinstance(taps, FeatureTaps), subject, "the model needs a `feature_taps` attribute (a FeatureTaps)")
     modules = dict(model.named_modules())
-    missing = [n for n in (*taps.stages, taps.classifier, *taps.bn_before_relu) if n not in modules]
+    named = (*taps.stages, *taps.preact, taps.classifier, *taps.bn_before_relu)
+    missing = [n for n in named if n not in modules]
     _require(not missing, subject, f"feature_taps name modules the model does not have: {missing}")
     _require(taps.stages, subject, "feature_taps.stages is empty")
     if taps.bn_before_relu:

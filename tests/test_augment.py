@@ -1,23 +1,38 @@
 """Device-side crop+flip (reachability, zero padding, equality with torchvision, uniformity, normalisation),
-RandAugment and Cutout (equality with PIL)."""
+RandAugment and Cutout (equality with PIL), policies: MLKD's pinned bit for bit, Streamlined KD's against a PIL
+re-implementation of its code."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
+from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms
+from torchvision.transforms import functional as TF1
 from torchvision.transforms.v2 import functional as TF
 
 from kdbench.augment import (
+    CUTOUT_FILL,
+    FIXMATCH,
     OPS,
+    STREAMLINED,
+    STREAMLINED_OPS,
+    PolicyDraws,
+    RandAugmentPolicy,
     Views,
+    apply_policy,
+    apply_policy_draws,
     apply_rand_augment_ops,
     apply_views,
     cutout,
+    draw_policy,
     draw_views,
     normalize,
     num_views,
@@ -255,3 +270,352 @@ def test_cuda_matches_cpu() -> None:
     assert out.is_contiguous() and torch.equal(out.cpu(), apply_views(images, cpu_views, 4))
     normalized = normalize(out, CIFAR100_MEAN, CIFAR100_STD)
     torch.testing.assert_close(normalized.cpu(), normalize(out.cpu(), CIFAR100_MEAN, CIFAR100_STD), rtol=0, atol=1e-6)
+
+
+def test_cutout_on_grey_images_fills_the_colours_pil_luma() -> None:
+    # The references' Cutout fails on one-channel images (PIL takes no RGB ink for mode "L"); kdbench fills the
+    # colour's luma, as PIL's convert("L") computes it.
+    with pytest.raises(TypeError):
+        ImageDraw.Draw(Image.new("L", (4, 4))).rectangle((0, 0, 2, 2), CUTOUT_FILL)
+    luma = Image.new("RGB", (1, 1), CUTOUT_FILL).convert("L").getpixel((0, 0))
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (20, 1, 16, 16), generator=generator, dtype=torch.uint8)
+    fractions = 0.1 + 0.4 * torch.rand(20, generator=generator, dtype=torch.float64)
+    x, y = (16 - 15 * torch.rand(20, generator=generator, dtype=torch.float64) for _ in range(2))
+    got = cutout(images, fractions, x, y)
+    for i in range(20):
+        image, side = _to_pil(images[i]).copy(), float(fractions[i]) * 16
+        x0, y0 = int(max(0, float(x[i]) - side / 2)), int(max(0, float(y[i]) - side / 2))
+        ImageDraw.Draw(image).rectangle((x0, y0, min(16, x0 + side), min(16, y0 + side)), luma)
+        assert torch.equal(got[i], _from_pil(image)), i
+
+
+# ------------------------------------------------------------------------------------------------ policies
+
+#: sha256 of ``rand_augment``'s output (CPU) for the inputs of :func:`_pinned_outputs`, recorded before
+#: RandAugment became a policy: MLKD's strong view must not change by one bit. The PIL tests above are the
+#: portable check; this one pins the draws and their order as well.
+_RAND_AUGMENT_DIGESTS = (
+    "82f28d8eeb7fa45a1b9cbcc71feb68e58c96b2c78d218c98438a791dd607d325",
+    "d53e4453c08de41673aec52c11c996bc3a368b2732807b5ee86d07080536e4b1",
+)
+
+
+def _digest(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.numpy().tobytes()).hexdigest()
+
+
+def _pinned_outputs() -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=_generator(0))
+    images[:64] = images[:64] // 4 + 60
+    rgb = rand_augment(images, _generator(2024))
+    grey = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=_generator(1))
+    return rgb, rand_augment(grey, _generator(7), num_ops=3, cutout_max=0.4)
+
+
+def test_rand_augment_is_unchanged_bit_for_bit() -> None:
+    assert tuple(_digest(out) for out in _pinned_outputs()) == _RAND_AUGMENT_DIGESTS
+
+
+def test_rand_augment_is_the_fixmatch_policy() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=_generator(3))
+    assert torch.equal(rand_augment(images, _generator(4)), apply_policy(images, FIXMATCH, _generator(4)))
+    three = replace(FIXMATCH, num_ops=3, cutout_max=0.25)
+    assert torch.equal(rand_augment(images, _generator(4), 3, 0.25), apply_policy(images, three, _generator(4)))
+    assert FIXMATCH.ops is OPS and (FIXMATCH.num_ops, FIXMATCH.cutout_max, FIXMATCH.cutout_fill) == (
+        2,
+        0.5,
+        CUTOUT_FILL,
+    )
+
+
+def test_apply_policy_composes_draw_and_apply() -> None:
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=_generator(5))
+    draws = draw_policy(STREAMLINED, 32, _generator(6), "cpu")
+    assert (
+        draws.ops.shape == draws.units.shape == (32, 2) and draws.side.shape == (32,) and draws.centre.shape == (32, 2)
+    )
+    assert draws.ops.dtype == torch.int64 and draws.units.dtype == draws.side.dtype == torch.float64
+    assert torch.equal(apply_policy(images, STREAMLINED, _generator(6)), apply_policy_draws(images, STREAMLINED, draws))
+    out = apply_policy(images, STREAMLINED, _generator(6))
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert not torch.equal(out, apply_policy(images, STREAMLINED, _generator(7)))
+    # Same draws, different policies: the images differ only where a Posterize was drawn.
+    fixmatch = apply_policy_draws(images, FIXMATCH, draws)
+    posterized = (draws.ops == 6).any(1)
+    assert torch.equal(fixmatch[~posterized], out[~posterized]) and not torch.equal(fixmatch, out)
+
+
+def test_policy_draws_cover_every_operation_and_the_unit_interval() -> None:
+    draws = draw_policy(STREAMLINED, 5000, _generator(8))
+    assert set(draws.ops.flatten().tolist()) == set(range(14))
+    for units in (draws.units, draws.side, draws.centre):
+        assert float(units.min()) >= 0.0 and float(units.max()) < 1.0 and float(units.max()) > 0.99
+    counts = torch.bincount(draws.ops.flatten(), minlength=14)
+    assert _chi_square(draws.ops.flatten(), 14) < _chi_square_critical(13), counts
+
+
+@pytest.mark.parametrize(
+    ("changes", "culprit"),
+    [
+        ({"ops": ()}, "at least one operation"),
+        ({"ops": (("Invert", 0.0, 1.0),)}, "'Invert'"),
+        ({"ops": (("Rotate", 30.0, -30.0),)}, "low <= high"),
+        ({"num_ops": -1}, "num_ops"),
+        ({"cutout_max": -0.1}, "cutout_max"),
+        ({"cutout_max": float("nan")}, "cutout_max"),
+        ({"cutout_fill": (0, 0)}, "cutout_fill"),
+        ({"cutout_fill": (0, 0, 256)}, "cutout_fill"),
+    ],
+)
+def test_policies_are_checked(changes: dict[str, object], culprit: str) -> None:
+    with pytest.raises(ValueError, match="'streamlined'") as error:
+        replace(STREAMLINED, **changes)
+    assert culprit in str(error.value)
+
+
+def test_policies_are_frozen_values() -> None:
+    assert replace(STREAMLINED) == STREAMLINED and hash(replace(STREAMLINED)) == hash(STREAMLINED)
+    with pytest.raises(AttributeError):
+        STREAMLINED.num_ops = 3  # type: ignore[misc]
+    assert isinstance(STREAMLINED, RandAugmentPolicy) and STREAMLINED.name == "streamlined"
+
+
+# -------------------------------------------------------- Streamlined KD's strong transform, re-implemented on PIL
+# From HyunJunSik/StreamLined @ 4681da2 (the same blob since e4ab795), CIFAR-100/Utils/train.py:97-231 and the
+# strong transform of load_dataset, :323-331. ``random`` and ``np.random`` are replaced by ``_Replay``, which
+# hands the reference kdbench's draws for one image, so both sides see the same random numbers.
+
+
+class _Replay:
+    """Stands in for ``random`` and ``np.random`` in the reference code: one image's draws, in the order it asks."""
+
+    def __init__(self, draws: PolicyDraws, i: int) -> None:
+        self._ops = draws.ops[i].tolist()
+        self._random: Iterator[float] = iter([*draws.units[i].tolist(), float(draws.side[i])])
+        self._uniform: Iterator[float] = iter(draws.centre[i].tolist())
+
+    def choices(self, population: list, k: int) -> list:
+        assert k == len(self._ops)
+        return [population[i] for i in self._ops]
+
+    def random(self) -> float:
+        return next(self._random)
+
+    def uniform(self, low: float, high: float = 1.0) -> float:
+        # NumPy's legacy uniform is low + (high - low) · random_sample() (checked below).
+        return low + (high - low) * next(self._uniform)
+
+    def used_up(self) -> bool:
+        return next(self._random, None) is None and next(self._uniform, None) is None
+
+
+def _skd_autocontrast(img: Image.Image, _: float) -> Image.Image:
+    return ImageOps.autocontrast(img)
+
+
+def _skd_brightness(img: Image.Image, v: float) -> Image.Image:
+    assert v >= 0.0
+    return ImageEnhance.Brightness(img).enhance(v)
+
+
+def _skd_color(img: Image.Image, v: float) -> Image.Image:
+    assert v >= 0.0
+    return ImageEnhance.Color(img).enhance(v)
+
+
+def _skd_contrast(img: Image.Image, v: float) -> Image.Image:
+    assert v >= 0.0
+    return ImageEnhance.Contrast(img).enhance(v)
+
+
+def _skd_equalize(img: Image.Image, _: float) -> Image.Image:
+    return ImageOps.equalize(img)
+
+
+def _skd_identity(img: Image.Image, v: float) -> Image.Image:
+    return img
+
+
+def _skd_posterize(img: Image.Image, v: float) -> Image.Image:  # train.py:121-124
+    v = int(v)
+    v = max(1, v)
+    return ImageOps.posterize(img, v)
+
+
+def _skd_rotate(img: Image.Image, v: float) -> Image.Image:  # the sign flip is commented out (train.py:128-129)
+    return img.rotate(v)
+
+
+def _skd_sharpness(img: Image.Image, v: float) -> Image.Image:
+    assert v >= 0.0
+    return ImageEnhance.Sharpness(img).enhance(v)
+
+
+def _skd_shear_x(img: Image.Image, v: float) -> Image.Image:
+    return img.transform(img.size, Image.AFFINE, (1, v, 0, 0, 1, 0))
+
+
+def _skd_shear_y(img: Image.Image, v: float) -> Image.Image:
+    return img.transform(img.size, Image.AFFINE, (1, 0, 0, v, 1, 0))
+
+
+def _skd_translate_x(img: Image.Image, v: float) -> Image.Image:
+    v = v * img.size[0]
+    return img.transform(img.size, Image.AFFINE, (1, 0, v, 0, 1, 0))
+
+
+def _skd_translate_y(img: Image.Image, v: float) -> Image.Image:
+    v = v * img.size[1]
+    return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, v))
+
+
+def _skd_solarize(img: Image.Image, v: float) -> Image.Image:
+    assert 0 <= v <= 256
+    return ImageOps.solarize(img, v)
+
+
+def _skd_cutout_abs(img: Image.Image, v: float, rng: _Replay) -> Image.Image:  # train.py:160-176
+    if v < 0:
+        return img
+    w, h = img.size
+    x0 = rng.uniform(w)
+    y0 = rng.uniform(h)
+    x0 = int(max(0, x0 - v / 2.0))
+    y0 = int(max(0, y0 - v / 2.0))
+    x1 = min(w, x0 + v)
+    y1 = min(h, y0 + v)
+    xy = (x0, y0, x1, y1)
+    color = (125, 123, 114)
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle(xy, color)
+    return img
+
+
+def _skd_cutout(img: Image.Image, v: float, rng: _Replay) -> Image.Image:  # train.py:178-184
+    assert 0.0 <= v <= 0.5
+    if v <= 0.0:
+        return img
+    v = v * img.size[0]
+    return _skd_cutout_abs(img, v, rng)
+
+
+#: train.py:187-204, with the operation's name first.
+_SKD_AUGMENT_LIST = [
+    ("AutoContrast", _skd_autocontrast, 0, 1),
+    ("Brightness", _skd_brightness, 0.05, 0.95),
+    ("Color", _skd_color, 0.05, 0.95),
+    ("Contrast", _skd_contrast, 0.05, 0.95),
+    ("Equalize", _skd_equalize, 0, 1),
+    ("Identity", _skd_identity, 0, 1),
+    ("Posterize", _skd_posterize, 0, 1),
+    ("Rotate", _skd_rotate, -30, 30),
+    ("Sharpness", _skd_sharpness, 0.05, 0.95),
+    ("ShearX", _skd_shear_x, -0.3, 0.3),
+    ("ShearY", _skd_shear_y, -0.3, 0.3),
+    ("Solarize", _skd_solarize, 0, 256),
+    ("TranslateX", _skd_translate_x, -0.3, 0.3),
+    ("TranslateY", _skd_translate_y, -0.3, 0.3),
+]
+
+
+def _skd_rand_augment(img: Image.Image, n: int, rng: _Replay) -> Image.Image:  # RandAugment.__call__, train.py:224-231
+    ops = rng.choices([(op, low, high) for _, op, low, high in _SKD_AUGMENT_LIST], k=n)
+    for op, min_val, max_val in ops:
+        val = min_val + float(max_val - min_val) * rng.random()
+        img = op(img, val)
+    cutout_val = rng.random() * 0.5
+    img = _skd_cutout(img, cutout_val, rng)
+    return img
+
+
+def _skd_strong(img: Image.Image, dy: int, dx: int, flip: bool, rng: _Replay) -> Image.Image:
+    """train.py:325-327: RandomCrop(32, padding=4) at (dy, dx), RandomHorizontalFlip, RandAugment(2, 10)."""
+    img = TF1.crop(TF1.pad(img, 4), dy, dx, 32, 32)
+    if flip:
+        img = TF1.hflip(img)
+    return _skd_rand_augment(img, 2, rng)
+
+
+def test_replay_draws_as_numpy_and_random_do() -> None:
+    for seed in range(20):
+        # CutoutAbs's np.random.uniform(w): uniform(low=w, high=1.0), drawn as low + (high - low) · u.
+        assert np.random.RandomState(seed).uniform(32) == 32 + (1.0 - 32) * np.random.RandomState(seed).random_sample()
+        # random.choices(population, k): population[floor(random() · len)], each independently.
+        r = random.Random(seed)
+        picks = [math.floor(r.random() * 14) for _ in range(2)]
+        assert random.Random(seed).choices(range(14), k=2) == picks
+
+
+def test_streamlined_policy_is_their_augment_list() -> None:
+    assert STREAMLINED.ops == STREAMLINED_OPS
+    assert STREAMLINED.ops == tuple((name, float(low), float(high)) for name, _, low, high in _SKD_AUGMENT_LIST)
+    assert (STREAMLINED.num_ops, STREAMLINED.cutout_max, STREAMLINED.cutout_fill) == (2, 0.5, (125, 123, 114))
+    differences = [(a, b) for a, b in zip(FIXMATCH.ops, STREAMLINED.ops) if a != b]
+    assert differences == [(("Posterize", 4.0, 8.0), ("Posterize", 0.0, 1.0))]
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)])
+@pytest.mark.parametrize("op", range(len(STREAMLINED_OPS)))
+def test_streamlined_ops_equal_their_pil_code(op: int, shape: tuple[int, int, int]) -> None:
+    generator = _generator(200 + op)
+    images = torch.randint(0, 256, (10, *shape), generator=generator, dtype=torch.uint8)
+    images[:3] = images[:3] // 4 + 60
+    units = torch.rand((10, 1), generator=generator, dtype=torch.float64)
+    units[0], units[1] = 0.0, 1.0 - 2.0**-53  # both ends of the range
+    # One operation, Cutout off (side 0): each operation on its own, through their RandAugment.__call__.
+    draws = PolicyDraws(
+        ops=torch.full((10, 1), op),
+        units=units,
+        side=torch.zeros(10, dtype=torch.float64),
+        centre=torch.rand((10, 2), generator=generator, dtype=torch.float64),
+    )
+    got = apply_policy_draws(images, replace(STREAMLINED, num_ops=1), draws)
+    for i in range(10):
+        replay = _Replay(draws, i)
+        expected = _from_pil(_skd_rand_augment(_to_pil(images[i]), 1, replay))
+        assert torch.equal(got[i], expected), (STREAMLINED_OPS[op][0], i, float(units[i]))
+
+
+def test_streamlined_posterize_keeps_one_bit() -> None:
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=_generator(9))
+    posterize_only = replace(STREAMLINED, ops=(("Posterize", 0.0, 1.0),), num_ops=1, cutout_max=0.0)
+    assert torch.equal(apply_policy(images, posterize_only, _generator(10)), images & 0x80)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamlined_strong_view_equals_their_pil_code(seed: int) -> None:
+    n = 200
+    generator = _generator(300 + seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    images[: n // 4] = images[: n // 4] // 4 + 60
+    views = draw_views(n, 4, True, generator, "cpu")
+    draws = draw_policy(STREAMLINED, n, generator, "cpu")
+    got = apply_policy_draws(apply_views(images, views, 4), STREAMLINED, draws)
+    assert set(draws.ops.flatten().tolist()) == set(range(14))
+    for i in range(n):
+        replay = _Replay(draws, i)
+        expected = _skd_strong(_to_pil(images[i]), int(views.dy[i]), int(views.dx[i]), bool(views.flip[i]), replay)
+        assert replay.used_up()
+        assert torch.equal(got[i], _from_pil(expected)), (i, draws.ops[i].tolist(), draws.units[i].tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_policies_on_cuda_match_cpu_without_host_syncs() -> None:
+    device = torch.device("cuda")
+    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=_generator(0))
+    on_device = images.to(device)
+    for policy in (FIXMATCH, STREAMLINED):
+        apply_policy(on_device, policy, torch.Generator(device=device).manual_seed(0))  # fills the caches
+        generator = torch.Generator(device=device).manual_seed(1)
+        draws = draw_policy(policy, 512, generator)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = apply_policy_draws(on_device, policy, draws)
+            again = apply_policy(on_device, policy, generator)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        cpu_draws = PolicyDraws(*(t.cpu() for t in (draws.ops, draws.units, draws.side, draws.centre)))
+        assert torch.equal(out.cpu(), apply_policy_draws(images, policy, cpu_draws))
+        assert again.device.type == "cuda" and again.dtype == torch.uint8

@@ -192,3 +192,49 @@ def test_chunks_forward_each_view_separately() -> None:
     assert not torch.allclose(joint.logits, split.logits)
     torch.testing.assert_close(split.logits[:3], first.logits)
     assert split.embedding.shape == (6, 32) and [f.shape[0] for f in split.feats] == [6] * len(split.feats)
+
+
+class _Recorder(Distiller):
+    """Cross-entropy that records, per step, the samples' indices and which images are all black."""
+
+    teacher_signals = frozenset()
+
+    def __init__(self, student, teacher, context) -> None:
+        super().__init__()
+        self.indices: list[torch.Tensor] = []
+        self.black: list[torch.Tensor] = []
+        self.black_value = ((0 - torch.tensor(context.mean)) / torch.tensor(context.std)).view(1, -1, 1, 1)
+
+    def loss_terms(self, student, teacher, batch, progress):
+        self.indices.append(batch.indices.clone())
+        self.black.append((batch.images - self.black_value).abs().amax(dim=(1, 2, 3)) < 1e-6)
+        return {"ce": F.cross_entropy(student.logits, batch.targets)}
+
+
+def test_a_strong_copy_trains_every_image_twice_per_epoch_once_with_the_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kdbench import augment
+    from kdbench.engine import EngineOptions, RunState
+    from kdbench.testing import synthetic_dataset_spec, tiny_model
+
+    blackout = augment.RandAugmentPolicy("blackout", (("Brightness", 0.0, 0.0),), num_ops=1, cutout_max=0.0)
+    monkeypatch.setitem(augment.POLICIES, "blackout", blackout)
+    dataset = synthetic_dataset_spec(10, train=40, test=8)
+    data = dataset.loader(None, False)
+    recipe = kdbench.Recipe(epochs=1, batch_size=16, lr_milestones=(), strong_copy="blackout")
+    torch.manual_seed(0)
+    state = RunState(tiny_model("tiny_student"), _Recorder, None, recipe, 0, dataset, data, EngineOptions())
+    state.train_epoch(0)
+    assert len(state.distiller.indices) == 5  # 80 samples in batches of 16
+    indices, black = torch.cat(state.distiller.indices), torch.cat(state.distiller.black)
+    assert torch.bincount(indices, minlength=40).tolist() == [2] * 40  # every image twice
+    assert torch.bincount(indices[black], minlength=40).tolist() == [1] * 40  # once through the policy
+    assert not (data.train_images == 0).all(dim=(1, 2, 3)).any()  # no image is black by itself
+    weak = RunState(tiny_model("tiny_student"), _Recorder, None, kdbench.Recipe(epochs=1, batch_size=16,
+                    lr_milestones=()), 0, dataset, data, EngineOptions())  # fmt: skip
+    weak.train_epoch(0)
+    assert len(weak.distiller.indices) == 3 and not torch.cat(weak.distiller.black).any()
+    with pytest.raises(kdbench.KdbenchError, match="strong_copy 'nope' is not an augmentation policy; known: "):
+        RunState(tiny_model("tiny_student"), _Recorder, None, replace(recipe, strong_copy="nope"), 0, dataset,
+                 data, EngineOptions()).train_epoch(0)  # fmt: skip

@@ -94,9 +94,9 @@ def test_cells_show_mean_std_n_and_paper_claims_in_the_right_place(host, similar
     r8x4 = cells[pairs.index("resnet32x4→resnet8x4")]
     # Last epoch (the suite's rule); the only method run yet is the best of its column.
     assert r8x4.startswith(f"**{mean:.2f} ± {std:.2f}** (n=3)")
-    # RepDistiller's claim for KD resnet32x4→resnet8x4 is 73.33; it wins over other sources.
-    # Δ = the mean shown (71.17) − the claim (73.33), by hand: -2.16.
-    assert re.search(r"paper 73\.33\S \(Δ -2\.16\)$", r8x4), r8x4
+    # MDistiller's claim for KD resnet32x4→resnet8x4 is 73.33, a best-epoch number; it wins over SSKD's and
+    # ASKD's. Δ = our best-epoch mean (_records: best = last + 0.5 → 71.67) − the claim, by hand: -1.66.
+    assert re.search(r"paper 73\.33\S \(Δ -1\.66, best epoch\)$", r8x4), r8x4
     r56 = cells[pairs.index("resnet56→resnet20")]
     assert r56.startswith("—") and "paper 70.66" in r56 and "Δ" not in r56  # no delta without our number
     assert "RepDistiller README (CRD, ICLR 2020)" in text
@@ -245,12 +245,17 @@ def test_re_rendering_the_committed_boards_changes_no_byte(tmp_path) -> None:
 
 
 def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
-    _, plan = similar
-    text = render_leaderboard(plan, [], load_reported())
+    streamlined = plan_suite(host.suites.get("cifar100-streamlined"), host)
+    text = render_leaderboard(streamlined, [], load_reported())
     section = text.split("*Published only (not run by kdbench)*")[1].split("\n\n")[0]
-    askd = next(line for line in section.splitlines() if line.startswith("| ASKD "))
-    assert "n/a · paper 75.34" in askd  # ASKD README, resnet32x4→resnet8x4
-    assert "| kd " not in section  # a registered method is never a reference row
+    sdd = next(line for line in section.splitlines() if line.startswith("| SDD "))
+    assert "n/a · paper 74.83" in sdd  # Streamlined KD README, resnet32x4→resnet8x4 (which SDD variant: unstated)
+    assert "| kd " not in section and "| skd " not in section  # a registered method is never a reference row
+    _, plan = similar  # ASKD is registered now: its claims sit in its own row, not with the reference rows
+    askd = next(
+        line for line in render_leaderboard(plan, [], load_reported()).splitlines() if line.startswith("| askd")
+    )
+    assert "— · paper 75.34" in askd  # ASKD README, resnet32x4→resnet8x4
 
 
 def _split(line: str) -> list[str]:
@@ -550,3 +555,36 @@ def test_a_board_whose_plugin_is_gone_is_kept_checked_and_indexed(
     assert main(["leaderboard", "--check", "--out", str(out), *gone]) == 0
     assert (out / "lab.md").read_bytes() == board
     assert "[lab](lab.md)" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_each_delta_uses_our_number_under_the_claims_own_epoch_rule(host, similar) -> None:
+    suite, plan = similar  # a last-epoch board: RepDistiller's rule
+
+    def top1(run):  # _records stores best = value + 0.5, last = value
+        if run.role == "student" and getattr(run, "method", "") in ("fitnet", "dkd") and run.model == "resnet8x4":
+            return 75.0
+        return None
+
+    text = render_leaderboard(plan, _records(plan, top1), load_reported())
+    pairs = [p.label for p in suite.pairs]
+
+    def cell(method: str) -> str:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} "))
+        return [c.strip() for c in row.strip("|").split("|")][1:][pairs.index("resnet32x4→resnet8x4")]
+
+    # RepDistiller's FitNet claim (73.50) is a last-epoch number: Δ = 75.00 − 73.50, no note.
+    assert re.search(r"^\*\*75\.00 ± 0\.00\*\* \(n=3\) · paper 73\.50\S \(Δ \+1\.50\)$", cell("fitnet")), cell("fitnet")
+    # MDistiller's DKD claim (76.32) is a best-epoch number: Δ = our best-epoch mean 75.50 − 76.32.
+    assert re.search(r"· paper 76\.32\S \(Δ -0\.82, best epoch\)$", cell("dkd")), cell("dkd")
+    assert "RepDistiller README (CRD, ICLR 2020): last epoch\n" in text
+    assert "MDistiller README (DKD, CVPR 2022): best epoch, mean of 5 runs; its Δ uses our best-epoch numbers" in text
+
+
+def test_settings_without_a_published_source_are_listed(host, similar) -> None:
+    _, plan = similar
+    text = render_leaderboard(plan, [], load_reported())
+    notes = text.split("Settings without a published source (kdbench's choice, marked in the suite file):")[1]
+    notes = notes.split("\n\n")[1]
+    assert "- `dkd` beta = 2.0 on resnet110→resnet20" in notes
+    assert "- `reviewkd` review_weight = 5.0 on resnet110→resnet20, vgg13→vgg8" in notes
+    assert "resnet56→resnet20" not in notes  # its settings come from the authors' configs

@@ -112,7 +112,7 @@ def test_ab_init_stage_loss_weights_and_gradients() -> None:
     assert [type(c) for c in distiller.connectors] == [nn.Identity, nn.Sequential, nn.Sequential]
     student, teacher = _signals(s_shapes, 0, grad=True), _signals(t_shapes, 10, grad=True)
     (phase,) = distiller.phases()
-    assert (phase.name, phase.epochs, phase.lr, phase.student_mode) == ("init", 30, None, "eval")
+    assert (phase.name, phase.epochs, phase.lr, phase.student_mode) == ("init", 30, None, "train")
     terms = distiller.phase_terms(phase, student, teacher, _batch(), PROGRESS)
     assert set(terms) == {"ab"}
     expected = sum(
@@ -145,6 +145,32 @@ def test_ab_init_trains_connectors_and_student_features_not_the_classifier() -> 
     assert all(id(p) in trained for p in distiller.connectors.parameters())
     assert id(s_model.conv1.weight) in trained and id(s_model.fc.weight) not in trained
     assert distiller.extra_parameter_count() == 0  # same stage shapes: identity connectors, as RepDistiller
+
+
+@pytest.mark.parametrize("method", ["ab", "fsp"])
+def test_ab_and_fsp_init_steps_move_the_students_batchnorm_statistics_as_repdistiller(method: str) -> None:
+    """RepDistiller's init stage runs the student's feature layers in train mode (helper/pretrain.py:12-14)."""
+    import functools
+
+    import kdbench
+    from kdbench.engine import EngineOptions, RunState, TrainedModel
+    from kdbench.testing import synthetic_dataset_spec, tiny_model
+
+    dataset = synthetic_dataset_spec(10, train=32, test=8)
+    data = dataset.loader(None, False)
+    torch.manual_seed(0)
+    teacher = TrainedModel("tiny_student", tiny_model("tiny_student").eval().requires_grad_(False))
+    student = tiny_model("tiny_student")
+    spec = kdbench.get_distiller(method)
+    factory = functools.partial(spec.builder, **{**spec.defaults, "init_epochs": 1})
+    recipe = kdbench.Recipe(epochs=1, batch_size=8, lr_milestones=())
+    state = RunState(student, factory, teacher, recipe, 0, dataset, data, EngineOptions())
+    (phase,) = state.distiller.phases()
+    assert phase.student_mode == "train"
+    before = {k: v.clone() for k, v in student.state_dict().items() if k.endswith("running_mean")}
+    state.train_epoch(0)  # the init phase
+    moved = [k for k, v in before.items() if not torch.equal(v, student.state_dict()[k])]
+    assert moved == sorted(before), f"statistics that did not move: {sorted(set(before) - set(moved))}"
 
 
 # ---------------------------------------------------------------- FSP
@@ -212,7 +238,7 @@ def test_fsp_stages_init_then_cross_entropy_only() -> None:
     shapes = _shapes([(3, 8, 8), (4, 8, 8), (5, 4, 4)])
     distiller = fsp.FSP(None, None, _context(shapes, shapes))
     (phase,) = distiller.phases()
-    assert (phase.name, phase.epochs, phase.lr, phase.student_mode) == ("init", 30, None, "eval")
+    assert (phase.name, phase.epochs, phase.lr, phase.student_mode) == ("init", 30, None, "train")
     student, teacher = _signals(shapes, 0, grad=True), _signals(shapes, 10, grad=True)
     terms = distiller.phase_terms(phase, student, teacher, _batch(), PROGRESS)
     assert terms["fsp"].item() == pytest.approx(fsp.fsp_loss(student.feats, teacher.feats).item(), rel=1e-12)

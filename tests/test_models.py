@@ -1,8 +1,9 @@
 """The model-zoo plugins against the reference facts of the CIFAR KD zoo (shared/reference/models.md).
 
 Every registered architecture is checked for exact parameter and state_dict
-entry counts, feature-tap shapes and consistency (``relu(preact) == feats``),
-BN-before-ReLU names, a strict state_dict round trip and, for the cheaper
+entry counts, feature-tap shapes and consistency (``relu(preact) == feats``, or
+the model's documented relation where feature and preact come from different
+modules), BN-before-ReLU names, a strict state_dict round trip and, for the cheaper
 ones, fvcore MACs. The digits family gets the same checks plus a short
 training run.
 """
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
+from kdbench_plugins.models.shufflenetv2 import channel_shuffle
 from torch import nn
 
 from kdbench import FeatureCapture, FeatureTaps, create_model, create_plugin_host
@@ -102,6 +104,9 @@ ALL = sorted(REFERENCE)
 #: Models without a BatchNorm feeding each whole stage (the reference raises in get_bn_before_relu).
 NO_BN_BEFORE_RELU = {"ShuffleV2"}
 
+#: Models that name separate preact taps: ShuffleV2 (preact before the channel shuffle), the WRNs (raw features).
+SEPARATE_PREACT = {"ShuffleV2", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"}
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -163,20 +168,30 @@ def test_feature_taps_shapes_and_preact(name: str) -> None:
     assert isinstance(taps, FeatureTaps)
     modules = dict(model.named_modules())
     with FeatureCapture(model, {"feats", "preact", "embedding"}) as capture, torch.no_grad():
-        signals = capture(_input(name))
+        first = capture(_input(name, batch=1))
+        signals = capture(_input(name))  # a capture serves every forward while it is open
+    assert [t.shape[0] for t in (*first.feats, *first.preact)] == [1] * (2 * len(ref.stages))
     assert signals.logits.shape == (2, _num_classes(name))
     assert [tuple(f.shape[1:]) for f in signals.feats] == list(ref.stages)
     assert [tuple(p.shape[1:]) for p in signals.preact] == list(ref.stages)
     assert signals.embedding is not None and signals.embedding.shape == (2, ref.embedding)
-    for stage, feat, preact in zip(taps.stages, signals.feats, signals.preact):
-        tap = modules[stage]
+    assert bool(taps.preact) == (name in SEPARATE_PREACT)
+    for k, (stage, feat, preact) in enumerate(zip(taps.stages, signals.feats, signals.preact)):
+        tap = modules[taps.preact_modules[k]]
         if isinstance(tap, nn.ReLU):
             assert not tap.inplace, f"{stage} is an inplace ReLU: it would overwrite the preact"
-            assert torch.equal(torch.relu(preact), feat), stage
             assert (preact < 0).any(), f"{stage}: preact has no negative value, so it is not before the ReLU"
+            activated = torch.relu(preact)
         else:
-            assert isinstance(tap, nn.Identity), f"{stage}: a stage tap must be a ReLU or an Identity"
-            assert torch.equal(preact, feat)
+            assert isinstance(tap, nn.Identity), f"{stage}: a preact tap must be a ReLU or an Identity"
+            activated = preact
+        if taps.preact_modules[k] == stage:
+            assert torch.equal(activated, feat), stage
+        elif name == "ShuffleV2":  # the reference's preact is the concatenation before the channel shuffle
+            assert torch.equal(channel_shuffle(activated), feat), stage
+        else:  # a WRN stage ends raw; the next unit's BN (in eval mode here) and ReLU activate it
+            assert torch.equal(preact, modules[taps.bn_before_relu[k]](feat)), stage
+            assert not torch.equal(activated, feat), stage
     assert len(list(modules[taps.classifier].parameters())) > 0
 
 

@@ -16,14 +16,18 @@ benchmark (Tian et al., ICLR 2020, RepDistiller ``distiller_zoo/AB.py``,
   summed over positions and averaged over the batch, times 3/1000 (the authors'
   ``loss / 1000 * 3``);
 - the init stage trains the connectors and the student's feature layers (all but
-  the classifier) with the recipe's base LR, the student's BatchNorm in eval mode,
-  the teacher's features detached; the main stage is CE only (β multiplies zero in
-  the reference, so it has no default here).
+  the classifier) with the recipe's base LR and the student in train mode, so its
+  BatchNorm statistics move — RepDistiller's ``helper/pretrain.py`` (lines 12-14) sets
+  ``model_s.eval()`` and then ``init_modules.train()``, and ``init_modules`` holds the
+  connector and ``model_s.get_feat_modules()`` (``train_student.py`` lines 232-236);
+  the teacher's features are detached; the main stage is CE only (β multiplies zero
+  in the reference, so it has no default here).
 
 Known difference: RepDistiller's WRN ``get_feat_modules`` leaves out the final
-``bn1`` (whose output is the last stage's preact), so that BN's affine parameters
-stay at their initial values during its init stage; kdbench trains every parameter
-but the classifier's (:func:`kdbench.feature_parameters`). The original authors'
+``bn1`` (whose output is the last stage's preact), so during its init stage that BN
+keeps its initial affine parameters and, in eval mode, its initial statistics;
+kdbench trains every parameter but the classifier's (:func:`kdbench.feature_parameters`)
+with the whole student in train mode. The original authors'
 code uses a 1×1 conv + BN connector even where shapes agree; RepDistiller (and
 therefore the tables) uses the identity there, as here.
 """
@@ -133,8 +137,8 @@ class AB(Distiller):
         self.ce_weight = ce_weight
 
     def phases(self) -> tuple[Phase, ...]:
-        """Return the connector initialisation stage (recipe base LR, student BatchNorm frozen)."""
-        return (Phase("init", epochs=self.init_epochs, lr=None, student_mode="eval"),) if self.init_epochs else ()
+        """Return the connector initialisation stage (recipe base LR, the student in train mode as RepDistiller)."""
+        return (Phase("init", epochs=self.init_epochs, lr=None, student_mode="train"),) if self.init_epochs else ()
 
     def phase_parameters(self, phase: Phase, student: nn.Module) -> Iterable[nn.Parameter]:
         """Return the connectors' and the student's feature layers' parameters."""

@@ -15,7 +15,10 @@ al., ICLR 2020, RepDistiller ``distiller_zoo/FSP.py``, ``helper/pretrain.py``,
   weight 1 — the reference's ``-b 50`` multiplies a zero main-stage term, so the
   published "weight 50" never reaches the loss (``fsp_weight`` is that init weight);
 - 30 init epochs at the recipe's base LR training the student's feature layers
-  (everything but the classifier) with its BatchNorm in eval mode; then CE only.
+  (everything but the classifier) with the student in train mode, its BatchNorm
+  statistics moving, as RepDistiller (``helper/pretrain.py`` lines 12-14 put the
+  student in eval mode and then ``init_modules`` — ``model_s.get_feat_modules()``,
+  ``train_student.py`` lines 259-261 — in train mode); then CE only.
 
 FSP compares matrices entry by entry, so student and teacher must have the same
 number of stages and the same channels at every stage. The reference raises
@@ -23,11 +26,6 @@ otherwise and so does kdbench: on the CIFAR-100 suites FSP runs on resnet56→re
 resnet110→resnet32, resnet110→resnet20, resnet32x4→resnet8x4, wrn_40_2→wrn_16_2 and
 vgg13→vgg8, and cannot run on wrn_40_2→wrn_40_1 (16/32/64 vs 32/64/128 channels, the
 "N/A" of the CRD and ASKD tables) nor on any pair of different families.
-
-Known difference: for WRN models kdbench's stage features are ``relu(bn(stage
-output))`` (see the ``wrn`` model plugin), whereas RepDistiller's non-preact WRN
-features are the raw stage outputs; FSP on WRN pairs therefore matches Gram
-matrices of the activated features.
 """
 
 from __future__ import annotations
@@ -116,8 +114,8 @@ class FSP(Distiller):
         self.ce_weight = ce_weight
 
     def phases(self) -> tuple[Phase, ...]:
-        """Return the FSP initialisation stage (recipe base LR, student BatchNorm frozen)."""
-        return (Phase("init", epochs=self.init_epochs, lr=None, student_mode="eval"),) if self.init_epochs else ()
+        """Return the FSP initialisation stage (recipe base LR, the student in train mode as RepDistiller)."""
+        return (Phase("init", epochs=self.init_epochs, lr=None, student_mode="train"),) if self.init_epochs else ()
 
     def phase_parameters(self, phase: Phase, student: nn.Module) -> Iterable[nn.Parameter]:
         """Return the student's feature layers' parameters."""

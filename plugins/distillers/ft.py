@@ -9,7 +9,7 @@ details follow the CRD benchmark (Tian et al., ICLR 2020, RepDistiller
 ``distiller_zoo/FT.py``, ``models/util.py``, ``helper/pretrain.py``,
 ``train_student.py``), which the CIFAR-100 tables report:
 
-- feature: the post-ReLU output of the last stage on both sides;
+- feature: the last stage feature on both sides (``feats[-1]``, the reference's ``feat[-2]``);
 - paraphraser: three 3×3 convs (C→C→kC→kC, bias, no BN, LeakyReLU 0.1) and three
   3×3 transposed convs back (kC→kC→C→C, LeakyReLU 0.1 after each), k = 0.5;
   translator: three 3×3 convs (C_s→C_s→kC→kC) with BN and LeakyReLU 0.1;
@@ -27,11 +27,6 @@ RepDistiller — the code behind the published CIFAR-100 FT numbers, for which t
 weight 200 was set — first reduces each factor over channels to mean_c(F²) (an
 attention-like H·W map) and normalises that. ``factor_form`` selects between them:
 ``"channel_mean_square"`` (default, RepDistiller) or ``"flatten"`` (the paper).
-
-Known difference: for WRN models kdbench's stage features are ``relu(bn(stage
-output))`` (see the ``wrn`` model plugin), whereas RepDistiller's non-preact WRN
-features are the raw stage outputs; on WRN pairs the paraphraser and translator
-read the activated last-stage feature.
 """
 
 from __future__ import annotations

@@ -150,6 +150,8 @@ class MLKD(Distiller):
             raise KdbenchError("MLKD makes its strong view itself: it needs the dataset's mean and std")
         if context.input_size[0] not in (1, 3):
             raise KdbenchError(f"MLKD's RandAugment is defined for RGB or grey images, not {context.input_size}")
+        if not (isinstance(augment_ops, int) and augment_ops >= 0 and cutout_max >= 0):
+            raise KdbenchError(f"MLKD needs augment_ops ≥ 0 and cutout_max ≥ 0, got {augment_ops} and {cutout_max}")
         self.temperatures = [float(t) for t in temperatures]
         self.strong_kd_reads_weak_at = [float(t) for t in strong_kd_reads_weak_at]
         self.ce_weight = ce_weight

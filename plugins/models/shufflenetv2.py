@@ -12,17 +12,21 @@ Two deliberate differences, neither visible to a checkpoint:
 * Global pooling is adaptive. The reference pools with a fixed 4×4 window, which
   is the same at 32×32 but leaves a 2×2 map at 64×64 and breaks the classifier
   (MDistiller's Tiny-ImageNet ShuffleV2 defect).
-* Feature taps. A basic unit concatenates an untouched half ``x1`` with a
-  branch ending in BN → ReLU and then shuffles channels. kdbench shuffles the
-  concatenation ``[x1, bn3 output]`` first and applies the final ReLU
-  (``relu_out``, non-inplace) last. ``x1`` is itself a ReLU output (every unit
-  and down-sampling unit ends in ReLUs), so ReLU leaves it unchanged and the
-  unit's output equals the reference's exactly; the preact is the reference's
-  ``[x1, bn3 output]`` in the shuffled channel order of the feature, so
-  ``relu(preact) == feature`` channel by channel. The stem ReLU is ``relu``.
-  No single BatchNorm feeds a whole stage's ReLU (``bn3`` covers half of the
-  channels), so ``bn_before_relu`` is empty, as the reference's
-  ``get_bn_before_relu`` raises.
+* The final ReLU of a basic unit. The reference rectifies the branch
+  (``relu(bn3 output)``) before concatenating it with the untouched half
+  ``x1``; kdbench rectifies the concatenation ``[x1, bn3 output]`` with one
+  non-inplace ``nn.ReLU`` (``relu_out``) and then shuffles. ``x1`` is itself a
+  ReLU output (every unit and down-sampling unit ends in ReLUs), so ReLU
+  leaves it unchanged and the unit's output equals the reference's exactly.
+
+Feature taps, as the reference's ``forward(x, is_feat=True, preact=...)``: the
+stem ReLU (``relu``: feature its output, preact its input) and, per stage, the
+output of its last basic unit (the shuffled feature) with, as preact, the input
+of that unit's ``relu_out``: the reference's ``[x1, bn3 output]`` in its
+channel order *before* the shuffle, so ``relu(preact)`` is the feature before
+its channel shuffle. No single BatchNorm feeds a whole stage's ReLU (``bn3``
+covers half of the channels), so ``bn_before_relu`` is empty, as the
+reference's ``get_bn_before_relu`` raises.
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ class BasicUnit(nn.Module):
         x1, x2 = x[:, : self.split], x[:, self.split :]
         out = torch.relu(self.bn1(self.conv1(x2)))
         out = self.bn3(self.conv3(self.bn2(self.conv2(out))))
-        # x1 >= 0 (a ReLU output), so relu(shuffle([x1, out])) == shuffle([x1, relu(out)]).
-        return self.relu_out(channel_shuffle(torch.cat([x1, out], 1)))
+        # x1 >= 0 (a ReLU output), so relu([x1, out]) == [x1, relu(out)], the reference's concatenation.
+        return channel_shuffle(self.relu_out(torch.cat([x1, out], 1)))
 
 
 class DownUnit(nn.Module):
@@ -116,9 +120,11 @@ class ShuffleNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(widths[3], num_classes)
         # Stage i is a DownUnit at index 0 followed by blocks[i] basic units.
+        lasts = [f"layer{i + 1}.{n}" for i, n in enumerate(blocks)]
         self.feature_taps = FeatureTaps(
-            stages=("relu", *(f"layer{i + 1}.{n}.relu_out" for i, n in enumerate(blocks))),
+            stages=("relu", *lasts),
             classifier="linear",
+            preact=("relu", *(f"{name}.relu_out" for name in lasts)),
         )
 
     def _make_stage(self, width: int, blocks: int) -> nn.Sequential:

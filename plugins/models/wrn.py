@@ -6,17 +6,19 @@ Representation Distillation", ICLR 2020 (RepDistiller ``models/wrn.py``, after
 Wei Yang's port), reused by MDistiller. State-dict keys, shapes and the forward
 computation match that code, so its ``wrn_40_2`` teacher loads with ``strict=True``.
 
-Feature taps. A WRN block is pre-activation: a stage's output is only passed
-through BN + ReLU by the *next* unit (``block{k+1}.layer.0.bn1``/``relu1``, and
-the final ``bn1``/``relu`` for the last stage). kdbench taps those ReLUs, so a
-stage feature is ``relu(bn(stage output))`` and its preact is ``bn(stage
-output)``, exactly the tensors the network computes. This matches the reference
-``preact=True`` features and ``get_bn_before_relu()``; the reference's plain
-``is_feat`` features were the raw stage outputs instead. The stem (``conv1``)
-is tapped the same way, through ``block1.layer.0.relu1``. All tapped ReLUs are
-non-inplace, and the preact is never recomputed (so BN statistics are updated
-once per step). Global pooling is adaptive, equal to the reference's 8×8
-average pool at 32×32.
+Feature taps, as the reference's ``forward(x, is_feat=True, preact=...)``.
+A WRN block is pre-activation: a stage ends without an activation, and its
+output is normalised and rectified only by the *next* unit
+(``block{k+1}.layer.0.bn1``/``relu1``, and the final ``bn1``/``relu`` for the
+last stage). So the features are the raw outputs of ``conv1`` (the stem) and of
+``block1`` … ``block3``, and each stage's preact is the input of the ReLU that
+activates it, ``bn(stage output)``: the reference's ``preact=True`` features
+and ``get_bn_before_relu()`` for stages 1..3, read from the forward itself
+instead of applying those BNs a second time (which, in training mode, would
+update their running statistics twice). The stem's preact is, by the same rule,
+``block1.layer.0.bn1(conv1 output)`` (kdbench's ``preact[0]`` convention; the
+reference repeats the raw stem there). The tapped ReLUs are non-inplace. Global
+pooling is adaptive, equal to the reference's 8×8 average pool at 32×32.
 """
 
 from __future__ import annotations
@@ -94,9 +96,10 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
         self.feature_taps = FeatureTaps(
-            stages=("block1.layer.0.relu1", "block2.layer.0.relu1", "block3.layer.0.relu1", "relu"),
+            stages=("conv1", "block1", "block2", "block3"),
             classifier="fc",
             bn_before_relu=("block1.layer.0.bn1", "block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"),
+            preact=("block1.layer.0.relu1", "block2.layer.0.relu1", "block3.layer.0.relu1", "relu"),
         )
         self._init_weights()
 
