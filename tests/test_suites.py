@@ -161,3 +161,18 @@ def test_prune_after_defaults_are_seed_001s() -> None:
         parse_suite({**MINIMAL, "prune_after": [{"ratio": 0.3, "macs": 2.0}]})
     with pytest.raises(SuiteError, match=r"prune_after\[0\] has unknown key\(s\) ratioo"):
         parse_suite({**MINIMAL, "prune_after": [{"ratioo": 0.3}]})
+
+
+def test_the_streamlined_suite_plans_its_own_recipe(host) -> None:
+    from kdbench.plan import TrainRun, plan_suite
+
+    plan = plan_suite(host.suites.get("cifar100-streamlined"), host)
+    trained = [run for run in plan if isinstance(run, TrainRun)]
+    assert len(plan) == 203 and {run.recipe.strong_copy for run in trained} == {"streamlined"}
+    teachers = [run for run in trained if run.role == "teacher"]
+    assert {(r.recipe.epochs, r.recipe.lr, r.recipe.weight_decay) for r in teachers} == {(240, 0.1, 5e-4)}
+    vanilla = [run for run in trained if run.role == "student" and run.method == "vanilla"]
+    assert {(r.recipe.epochs, r.recipe.weight_decay) for r in vanilla} == {(240, 5e-4)}  # train.py's baselines
+    skd = [run for run in trained if run.method == "skd"]
+    assert {(r.recipe.epochs, r.recipe.lr, r.recipe.weight_decay) for r in skd} == {(250, 0.1, 4e-5)}
+    assert all(run.to_config()["recipe"]["strong_copy"] == "streamlined" for run in skd)
