@@ -4,7 +4,8 @@ Everything a method needs beyond "logits in, loss out" is a general capability
 declared here, never a special case in the engine:
 
 - **signals**: ``student_signals`` / ``teacher_signals`` name what the feature
-  taps must capture (``logits``, ``feats``, ``preact``, ``embedding``), per phase
+  taps must capture (``logits``, ``feats``, ``preact``, ``embedding``,
+  ``pooled_map``), per phase
   if needed (:meth:`Distiller.signals`); no teacher signal means no teacher pass;
 - **extra trainable parts**: submodules and parameters of the distiller are
   optimised with the student, checkpointed, and reported as training-only

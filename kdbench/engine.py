@@ -31,7 +31,7 @@ from torch import nn
 from kdbench.augment import POLICIES, RandAugmentPolicy, Views, apply_policy, apply_views, draw_views, normalize
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
-from kdbench.features import FeatureCapture, Signals, concat_signals
+from kdbench.features import SIGNALS, FeatureCapture, Signals, concat_signals
 from kdbench.files import atomic_torch_save, load_state
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import DatasetSpec, ImageData, Recipe
@@ -125,7 +125,7 @@ def probe_signals(model: nn.Module, input_size: tuple[int, int, int], device: to
     """Return the shapes of every signal ``model`` gives (empty tensors on the meta device), from one eval pass."""
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FeatureCapture(model, {"logits", "feats", "preact", "embedding"}) as capture:
+    with torch.no_grad(), FeatureCapture(model, SIGNALS) as capture:
         signals = capture(torch.zeros(2, *input_size, device=device))
     model.train(was_training)
 
@@ -137,6 +137,7 @@ def probe_signals(model: nn.Module, input_size: tuple[int, int, int], device: to
         feats=[meta(t) for t in signals.feats],
         preact=[meta(t) for t in signals.preact],
         embedding=None if signals.embedding is None else meta(signals.embedding),
+        pooled_map=None if signals.pooled_map is None else meta(signals.pooled_map),
     )
 
 

@@ -3,10 +3,14 @@
 A model built by a model plugin carries a ``feature_taps`` attribute (a
 :class:`FeatureTaps`) that names, by module name, where each signal is read:
 a stage feature is the **output** of a module, a stage's pre-activation
-("preact") is the **input** of a module, and the pooled embedding is the input
-of the classifier. By default one module per stage serves both (its output is
-the feature, its input the preact); a model whose feature and preact are not
-the two sides of one module names separate preact modules. Model authors route
+("preact") is the **input** of a module, the pooled embedding is the input
+of the classifier, and the pooled map (the last map, which global pooling
+averages into the embedding) by default the last stage's feature. By default
+one module per stage serves both feature and preact (its output is the
+feature, its input the preact); a model whose feature and preact are not the
+two sides of one module names separate preact modules, and a model with layers
+between its last stage and its pooling names the pooling module, whose input is
+the pooled map. Model authors route
 each tapped activation through its own non-inplace module (an ``nn.ReLU``, or
 an ``nn.Identity`` where a stage ends without one); such modules have no
 parameters, so state_dict keys are unchanged. Forward hooks are attached to the
@@ -29,13 +33,13 @@ from kdbench.errors import KdbenchError
 __all__ = ["SIGNALS", "FeatureCapture", "FeatureTaps", "Signals"]
 
 #: Every signal a distiller can request from a model.
-SIGNALS = frozenset({"logits", "feats", "preact", "embedding"})
+SIGNALS = frozenset({"logits", "feats", "preact", "embedding", "pooled_map"})
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class FeatureTaps:
-    """Where a model's stage features, their pre-activations, embedding and BN-before-ReLU layers live.
+    """Where a model's stage features, their pre-activations, embedding, pooled map and BN-before-ReLU layers live.
 
     Modules are named as in ``model.named_modules()``, one per stage, stem
     first; hooks read the *output* of a ``stages`` module and the *input* of a
@@ -61,6 +65,12 @@ class FeatureTaps:
       stem BN's output before its ReLU; for WRN ``bn(conv1 output)``), whereas
       the references repeat the stem feature ``feats[0]`` there. No shipped
       method reads ``preact[0]`` (AB, OFD and ReviewKD use ``preact[1:]``).
+    * ``pooled_map`` is the B×C×H×W map whose spatial mean is the embedding:
+      the input of the global pooling. Most families pool their last stage
+      feature (the default, ``pooled_map=""``); a model with layers after its
+      last stage (a pre-activation WRN's final BN + ReLU, MobileNetV2's and
+      ShuffleNetV2's 1×1 head convolution) names its pooling module, whose
+      input is then read (as SDD's models apply their pyramid pooling there).
 
     Taps only read tensors the forward computes: nothing is recomputed, so
     BatchNorm statistics are updated once per training step (the references
@@ -75,6 +85,8 @@ class FeatureTaps:
     """Per stage, the BatchNorm whose output is (or, with a residual sum, feeds) that stage's preact."""
     preact: tuple[str, ...] = ()
     """Per stage, the module whose input is that stage's preact; empty: the ``stages`` modules."""
+    pooled_map: str = ""
+    """Module whose input is the map the embedding is pooled from; empty: the last stage's feature."""
 
     def __post_init__(self) -> None:
         if self.preact and len(self.preact) != len(self.stages):
@@ -98,6 +110,7 @@ class Signals:
     feats: list[torch.Tensor] = field(default_factory=list)
     preact: list[torch.Tensor] = field(default_factory=list)
     embedding: torch.Tensor | None = None
+    pooled_map: torch.Tensor | None = None
 
 
 class _NotRequested(list):
@@ -141,14 +154,16 @@ class FeatureCapture:
         self._feats: dict[int, torch.Tensor] = {}
         self._preact: dict[int, torch.Tensor] = {}
         self._embedding: torch.Tensor | None = None
+        self._pooled_map: dict[int, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stage_count = 0
-        if wanted & {"feats", "preact", "embedding"}:
+        if wanted & {"feats", "preact", "embedding", "pooled_map"}:
             self._attach(_taps_of(model))
 
     def _attach(self, taps: FeatureTaps) -> None:
         modules = dict(self.model.named_modules())
-        missing = [n for n in dict.fromkeys((*taps.stages, *taps.preact, taps.classifier)) if n not in modules]
+        named = (*taps.stages, *taps.preact, taps.classifier, *((taps.pooled_map,) if taps.pooled_map else ()))
+        missing = [n for n in dict.fromkeys(named) if n not in modules]
         if missing:
             raise KeyError(f"{type(self.model).__name__}: feature taps name missing modules {missing}")
         self._stage_count = len(taps.stages)
@@ -160,6 +175,9 @@ class FeatureCapture:
                 self._handles.append(modules[name].register_forward_hook(self._keep(self._preact, index, "input")))
         if "embedding" in self.wanted:
             self._handles.append(modules[taps.classifier].register_forward_hook(self._embedding_hook))
+        if "pooled_map" in self.wanted:
+            name, side = (taps.pooled_map, "input") if taps.pooled_map else (taps.stages[-1], "output")
+            self._handles.append(modules[name].register_forward_hook(self._keep(self._pooled_map, 0, side)))
 
     @staticmethod
     def _keep(store: dict[int, torch.Tensor], index: int, side: Literal["input", "output"]):
@@ -181,8 +199,11 @@ class FeatureCapture:
             signals.preact = [self._preact[i] for i in range(self._stage_count)]
         if "embedding" in self.wanted:
             signals.embedding = self._embedding
+        if "pooled_map" in self.wanted:
+            signals.pooled_map = self._pooled_map[0]
         self._feats.clear()  # cleared, not replaced: the hooks hold these dicts
         self._preact.clear()
+        self._pooled_map.clear()
         self._embedding = None
         return signals
 
@@ -224,4 +245,5 @@ def concat_signals(parts: list[Signals]) -> Signals:
         feats=stages([p.feats for p in parts]),
         preact=stages([p.preact for p in parts]),
         embedding=join([p.embedding for p in parts]),
+        pooled_map=join([p.pooled_map for p in parts]),
     )

@@ -233,6 +233,34 @@ def _source_note(claim: Reported, board_rule: str) -> str:
     return note
 
 
+def _settings_notes(table: _Table) -> list[str]:
+    """Return the notes naming every method setting the suite gives (all else is the method's default)."""
+    suite_pairs = {pair.label: pair for pair in table.suite.pairs}
+    set_on: dict[tuple[str, str, str], list[str]] = {}
+    pairs_of: dict[str, list[str]] = {}
+    for run in _trained(table.plan, "student"):
+        if run.pair is None or run.pair.label not in suite_pairs:
+            continue
+        pairs = pairs_of.setdefault(run.method, [])
+        if run.pair.label in pairs:
+            continue
+        pairs.append(run.pair.label)
+        pair_params = suite_pairs[run.pair.label].params.get(run.method, {})
+        names = {**table.suite.distiller_params.get(run.method, {}), **pair_params}
+        for name in names:
+            set_on.setdefault((run.method, name, json.dumps(run.params.get(name))), []).append(run.pair.label)
+    if not set_on:
+        return []
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (method, name, value), pairs in sorted(set_on.items()):
+        grouped.setdefault((method, tuple(pairs)), []).append(f"{name} = {value}")
+    lines = ["Method settings this suite sets (every other setting is the method's default):", ""]
+    for (method, pairs), settings in grouped.items():
+        where = "every pair" if list(pairs) == pairs_of[method] else ", ".join(pairs)
+        lines.append(f"- `{method}` {', '.join(settings)} on {where}")
+    return [*lines, ""]
+
+
 def _choices_notes(table: _Table) -> list[str]:
     """Return the notes naming every per-pair setting that has no published source (kdbench's choice)."""
     chosen: dict[tuple[str, str, str], list[str]] = {}
@@ -722,6 +750,7 @@ def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Rep
         protocols = {claim.source: claim for claim in claims.values()}
         lines += [f"- {marker} {_source_note(protocols[source], table.rule)}" for source, marker in markers.items()]
         lines.append("")
+    lines += _settings_notes(table)
     lines += _choices_notes(table)
     lines += _missing_runs(table)
     pruning = _pruning_table(table)

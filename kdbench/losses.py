@@ -69,15 +69,18 @@ def dkd_parts(
     return tckd * temperature**2, nckd * temperature**2
 
 
-def linear_ramp(progress: Progress, warmup_epochs: int) -> float:
-    """Return ``min((epoch + 1) / warmup_epochs, 1)``: MDistiller's ramp over its 1-based epochs.
+def linear_ramp(progress: Progress, warmup_epochs: int, first_epoch: int = 1) -> float:
+    """Return ``min((epoch + first_epoch) / warmup_epochs, 1)`` for the 0-based ``progress.epoch``.
 
-    The weight of a distillation term warmed up linearly (DKD, SDD); 1 when
-    ``warmup_epochs`` is not positive.
+    The weight of a distillation term warmed up linearly (DKD, ReviewKD, SDD);
+    1 when ``warmup_epochs`` is not positive. ``first_epoch`` is the number the
+    reference code gives the first epoch: 1 in MDistiller (weight 1/20 in the
+    first epoch of a 20-epoch ramp), 0 in code that passes 0-based epochs, such
+    as Streamlined KD's (weight 0 in the first epoch).
     """
     if warmup_epochs <= 0:
         return 1.0
-    return min((progress.epoch + 1) / warmup_epochs, 1.0)
+    return min((progress.epoch + first_epoch) / warmup_epochs, 1.0)
 
 
 def match_spatial_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

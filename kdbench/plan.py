@@ -220,7 +220,10 @@ class TrainRun(PlannedRun):
     run_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", _json_data(self.params, f"parameters of {self.method}"))
+        # None means "off" (the builder's own default) and is left out: an option added later keeps every
+        # earlier run id.
+        params = {name: value for name, value in self.params.items() if value is not None}
+        object.__setattr__(self, "params", _json_data(params, f"parameters of {self.method}"))
         self._identify()
 
     @property
@@ -489,7 +492,7 @@ def _check_params(suite: SuiteSpec, host: PluginHost) -> None:
     for index, pair in enumerate(suite.pairs):
         tables += [(f"pairs[{index}].params.{name}", name, values) for name, values in pair.params.items()]
         tables += [
-            (f"pairs[{index}].choices.{name}", name, dict.fromkeys(names)) for name, names in pair.choices.items()
+            (f"pairs[{index}].choices.{name}", name, dict.fromkeys(names, ...)) for name, names in pair.choices.items()
         ]
     for where, name, values in tables:
         if name not in running:
@@ -504,6 +507,12 @@ def _check_params(suite: SuiteSpec, host: PluginHost) -> None:
             raise KdbenchError(
                 f"suite {suite.name!r}: {where} sets {', '.join(unknown)}, which {name} does not take; "
                 f"its parameters: {known}"
+            )
+        emptied = sorted(k for k, v in values.items() if v is None and spec.defaults.get(k) is not None)
+        if emptied:
+            raise KdbenchError(
+                f"suite {suite.name!r}: {where} sets {', '.join(emptied)} to None, which only an option that is "
+                f"off by default may be"
             )
 
 

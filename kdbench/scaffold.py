@@ -137,7 +137,8 @@ class {cls}(Distiller):
     """Match the teacher's temperature-softened class distribution (edit me)."""
 
     # What the engine captures from each model for loss_terms: "logits", "feats" (one tensor per
-    # stage), "preact" (stages before their last ReLU), "embedding" (the pooled features).
+    # stage), "preact" (stages before their last ReLU), "embedding" (the pooled features),
+    # "pooled_map" (the last map, which global pooling averages into the embedding).
     # Ask only for what the loss reads: with an empty teacher set the teacher is never run.
     student_signals = frozenset({{"logits"}})
     teacher_signals = frozenset({{"logits"}})

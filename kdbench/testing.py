@@ -33,7 +33,7 @@ from kdbench.augment import normalize
 from kdbench.distiller import Batch, Distiller, Progress
 from kdbench.engine import EngineOptions, RunState, TrainedModel
 from kdbench.errors import KdbenchError
-from kdbench.features import SIGNALS, FeatureCapture, FeatureTaps
+from kdbench.features import SIGNALS, FeatureCapture, FeatureTaps, Signals
 from kdbench.files import atomic_torch_save
 from kdbench.hookspecs import hookimpl
 from kdbench.specs import AugmentSpec, DatasetSpec, DistillerSpec, ImageData, ModelSpec, PrunerSpec, Recipe
@@ -693,7 +693,7 @@ def _check_taps(subject: str, model: nn.Module, x: torch.Tensor, num_classes: in
     taps = getattr(model, "feature_taps", None)
     _require(isinstance(taps, FeatureTaps), subject, "the model needs a `feature_taps` attribute (a FeatureTaps)")
     modules = dict(model.named_modules())
-    named = (*taps.stages, *taps.preact, taps.classifier, *taps.bn_before_relu)
+    named = (*taps.stages, *taps.preact, taps.classifier, *taps.bn_before_relu, *filter(None, (taps.pooled_map,)))
     missing = [n for n in named if n not in modules]
     _require(not missing, subject, f"feature_taps name modules the model does not have: {missing}")
     _require(taps.stages, subject, "feature_taps.stages is empty")
@@ -751,7 +751,25 @@ def _check_taps(subject: str, model: nn.Module, x: torch.Tensor, num_classes: in
         subject,
         f"the classifier's input (the embedding) must have batch size {batch}",
     )
+    _check_pooled_map(subject, taps, signals)
     return signals.logits
+
+
+def _check_pooled_map(subject: str, taps: FeatureTaps, signals: Signals) -> None:
+    pooled_map, embedding = signals.pooled_map, signals.embedding
+    where = f"pooled_map {taps.pooled_map!r}" if taps.pooled_map else "the last stage feature (pooled_map unset)"
+    _require(
+        pooled_map is not None and pooled_map.dim() == 4 and embedding is not None and embedding.dim() == 2,
+        subject,
+        f"{where} must be a B×C×H×W map and the embedding B×C",
+    )
+    assert pooled_map is not None and embedding is not None
+    _require(
+        pooled_map.shape[:2] == embedding.shape and torch.allclose(pooled_map.mean(dim=(2, 3)), embedding, atol=1e-5),
+        subject,
+        f"the embedding must be the spatial mean of {where}, got a {tuple(pooled_map.shape[1:])} map for a "
+        f"{tuple(embedding.shape[1:])} embedding; name the global pooling module in feature_taps.pooled_map",
+    )
 
 
 def check_model(spec: ModelSpec | str, *, host: PluginHost | None = None, num_classes: int = 10) -> None:

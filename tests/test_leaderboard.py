@@ -16,6 +16,7 @@ from conftest import make_distribution
 import kdbench
 from kdbench.cli import main
 from kdbench.leaderboard import (
+    Reported,
     cell_stats,
     leaderboard_plots,
     load_reported,
@@ -246,11 +247,15 @@ def test_re_rendering_the_committed_boards_changes_no_byte(tmp_path) -> None:
 
 def test_methods_with_published_numbers_only_are_reference_rows(host, similar) -> None:
     streamlined = plan_suite(host.suites.get("cifar100-streamlined"), host)
-    text = render_leaderboard(streamlined, [], load_reported())
+    unregistered = Reported("Some README", "cifar100-streamlined", "resnet32x4", "resnet8x4", "FooKD", 74.5, "last", 1)
+    text = render_leaderboard(streamlined, [], [*load_reported(), unregistered])
     section = text.split("*Published only (not run by kdbench)*")[1].split("\n\n")[0]
-    sdd = next(line for line in section.splitlines() if line.startswith("| SDD "))
-    assert "n/a · paper 74.83" in sdd  # Streamlined KD README, resnet32x4→resnet8x4 (which SDD variant: unstated)
+    foo = next(line for line in section.splitlines() if line.startswith("| FooKD "))
+    assert "n/a · paper 74.50" in foo
     assert "| kd " not in section and "| skd " not in section  # a registered method is never a reference row
+    assert "| SDD" not in section  # the Streamlined table's SDD row is its SDD-DKD: kdbench's sdd_dkd
+    sdd = next(line for line in text.splitlines() if line.startswith("| sdd_dkd "))
+    assert "— · paper 74.83" in sdd
     _, plan = similar  # ASKD is registered now: its claims sit in its own row, not with the reference rows
     askd = next(
         line for line in render_leaderboard(plan, [], load_reported()).splitlines() if line.startswith("| askd")
@@ -588,3 +593,19 @@ def test_settings_without_a_published_source_are_listed(host, similar) -> None:
     assert "- `dkd` beta = 2.0 on resnet110→resnet20" in notes
     assert "- `reviewkd` review_weight = 5.0 on resnet110→resnet20, vgg13→vgg8" in notes
     assert "resnet56→resnet20" not in notes  # its settings come from the authors' configs
+
+
+def test_every_setting_a_suite_gives_a_method_is_listed(host, similar) -> None:
+    _, plan = similar
+    text = render_leaderboard(plan, [], load_reported())
+    notes = text.split("Method settings this suite sets (every other setting is the method's default):")[1]
+    notes = notes.split("\n\n")[1]
+    assert "- `dkd` beta = 2.0 on resnet56→resnet20, resnet110→resnet32, resnet110→resnet20\n" in notes
+    assert "- `sdd_kd` scales = [1, 2] on resnet32x4→resnet8x4, vgg13→vgg8" in notes
+    assert "`kd`" not in notes  # every KD setting is its default
+    streamlined = plan_suite(host.suites.get("cifar100-streamlined"), host)
+    text = render_leaderboard(streamlined, [], load_reported())
+    assert (
+        "- `dkd` alpha = 3.0, beta = 6.0, ce_weight = 2.0, logit_clamp = 10.0, warmup_first_epoch = 0 on every pair"
+        in text
+    )

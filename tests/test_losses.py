@@ -33,4 +33,5 @@ def test_linear_ramp_counts_epochs_from_one_and_is_off_without_warmup() -> None:
         return Progress(epoch=epoch, epochs=10, step=0, steps_per_epoch=1)
 
     assert [linear_ramp(at(e), 4) for e in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [linear_ramp(at(e), 4, first_epoch=0) for e in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert linear_ramp(at(0), 0) == 1.0

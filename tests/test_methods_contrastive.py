@@ -232,13 +232,6 @@ def test_hcl_loss_matches_closed_form() -> None:
     assert _hcl_reference(fs[0], ft[0]) == pytest.approx(reviewkd.hcl_loss(fs[:1], ft[:1]).item(), rel=1e-9)
 
 
-def test_review_ramp_over_twenty_epochs() -> None:
-    assert reviewkd.review_ramp(0, 20) == pytest.approx(1 / 20)
-    assert reviewkd.review_ramp(18, 20) == pytest.approx(19 / 20)
-    assert reviewkd.review_ramp(19, 20) == 1.0
-    assert reviewkd.review_ramp(20, 20) == 1.0
-
-
 def test_abf_fuses_with_attention_then_resizes() -> None:
     abf = reviewkd.ABF(3, 4, 5, fuse=True).double().eval()
     torch.nn.init.zeros_(abf.att_conv[0].weight)
@@ -268,12 +261,12 @@ def test_reviewkd_parameters_match_reference_and_respect_max_mid_channel() -> No
     assert limited.extra_parameter_count() == expected
 
 
-def _review_setup() -> tuple[reviewkd.ReviewKD, Signals, Signals]:
+def _review_setup(**params: object) -> tuple[reviewkd.ReviewKD, Signals, Signals]:
     s_feats, t_feats = [(4, 8, 8), (4, 8, 8), (6, 4, 4), (8, 2, 2)], [(4, 8, 8), (5, 8, 8), (7, 4, 4), (9, 2, 2)]
     shapes_s = Signals(_meta(2, 3), feats=[_meta(2, *s) for s in s_feats], embedding=_meta(2, 8))
     shapes_t = Signals(_meta(2, 3), preact=[_meta(2, *s) for s in t_feats], embedding=_meta(2, 9))
     torch.manual_seed(0)
-    distiller = reviewkd.ReviewKD(None, None, _context(shapes_s, shapes_t))
+    distiller = reviewkd.ReviewKD(None, None, _context(shapes_s, shapes_t), **params)
     student = Signals(
         torch.randn(2, 3, requires_grad=True),
         feats=[torch.randn(2, *s, requires_grad=True) for s in s_feats],
@@ -293,7 +286,7 @@ def test_reviewkd_terms_ramp_and_gradients_stay_off_the_teacher() -> None:
     assert [tuple(o.shape[1:]) for o in outputs] == [(5, 8, 8), (7, 4, 4), (9, 2, 2), (9, 1, 1)]
     batch = Batch(torch.zeros(2, 1), torch.tensor([0, 2]), torch.arange(2))
     hcl = reviewkd.hcl_loss(outputs, [*teacher.preact[1:], teacher.embedding[:, :, None, None]]).item()
-    for epoch, ramp in [(0, 1 / 20), (19, 1.0), (20, 1.0)]:
+    for epoch, ramp in [(0, 1 / 20), (18, 19 / 20), (19, 1.0), (20, 1.0)]:
         terms = distiller.loss_terms(student, teacher, batch, Progress(epoch, 240, 0, 1))
         assert terms["review"].item() == pytest.approx(5.0 * ramp * hcl, rel=1e-5)
     sum(terms.values()).backward()
@@ -301,6 +294,16 @@ def test_reviewkd_terms_ramp_and_gradients_stay_off_the_teacher() -> None:
     assert student.feats[0].grad is None, "the stem is not reviewed"
     assert all(f.grad is not None for f in (*student.feats[1:], student.embedding))
     assert all(p.grad is not None for p in distiller.parameters())
+
+
+def test_reviewkd_ramp_over_zero_based_epochs_as_the_authors_train_py() -> None:
+    distiller, student, teacher = _review_setup(warmup_first_epoch=0)
+    batch = Batch(torch.zeros(2, 1), torch.tensor([0, 2]), torch.arange(2))
+    with torch.no_grad():
+        full = distiller.loss_terms(student, teacher, batch, Progress(20, 240, 0, 1))["review"].item()
+        for epoch, ramp in [(0, 0.0), (1, 1 / 20), (19, 19 / 20), (20, 1.0)]:
+            terms = distiller.loss_terms(student, teacher, batch, Progress(epoch, 240, 0, 1))
+            assert terms["review"].item() == pytest.approx(ramp * full, rel=1e-6, abs=0.0)
 
 
 # -------------------------------------------------------------------------------------------- SSKD

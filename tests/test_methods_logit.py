@@ -20,6 +20,7 @@ from torch import nn
 
 import kdbench
 from kdbench import Batch, DistillContext, OptimizerSettings, Progress, Signals
+from kdbench.engine import probe_signals
 from kdbench.losses import dkd_parts, kd_loss, linear_ramp
 
 
@@ -110,7 +111,15 @@ def test_dkd_is_exact_for_confident_float32_logits() -> None:
 
 def test_dkd_ramp_uses_one_based_epochs() -> None:
     spec = dkd.kdbench_register_distillers()[0]
-    assert dict(spec.defaults) == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "ce_weight": 1.0, "warmup_epochs": 20}
+    assert dict(spec.defaults) == {
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "ce_weight": 1.0,
+        "warmup_epochs": 20,
+        "logit_clamp": None,
+        "warmup_first_epoch": None,
+    }
     distiller = spec.builder(None, None, None, **spec.defaults)
     assert [linear_ramp(_progress(e), 20) for e in (0, 19, 20)] == [0.05, 1.0, 1.0]
     student, teacher, target = _logits(4, 5, seed=5).float(), _logits(4, 5, seed=6).float(), torch.tensor([1, 0, 4, 2])
@@ -119,6 +128,27 @@ def test_dkd_ramp_uses_one_based_epochs() -> None:
         terms = distiller.loss_terms(Signals(student), Signals(teacher), _batch(target), _progress(epoch))
         assert terms["dkd"].item() == pytest.approx(ramp * full.item(), rel=1e-6)
     assert terms["ce"].item() == pytest.approx(torch.nn.functional.cross_entropy(student, target).item())
+
+
+def test_dkd_as_streamlined_kd_runs_it_clamps_the_dkd_logits_and_ramps_from_epoch_zero() -> None:
+    """Streamlined KD's ``Distiller/DKD.py``: logits clamped to ±10 for the DKD term only, ``min(epoch / 20, 1)``."""
+    distiller = dkd.DKD(None, None, None, alpha=3.0, beta=6.0, ce_weight=2.0, logit_clamp=10.0, warmup_first_epoch=0)
+    student, teacher = _logits(4, 6, seed=11, scale=8.0), _logits(4, 6, seed=12, scale=8.0)
+    target = torch.tensor([1, 0, 5, 2])
+    assert student.abs().max() > 10 and teacher.abs().max() > 10  # the clamp matters for this batch
+
+    def clamp(row: list[float]) -> list[float]:
+        return [min(max(v, -10.0), 10.0) for v in row]
+
+    parts = [_dkd_row(clamp(student[n].tolist()), clamp(teacher[n].tolist()), int(target[n]), 4.0) for n in range(4)]
+    expected = sum(3.0 * tckd + 6.0 * nckd for tckd, nckd in parts) / 4
+    unclamped = dkd.dkd_loss(student, teacher, target, 3.0, 6.0, 4.0).item()
+    assert abs(unclamped - expected) > 1e-3 * expected
+    for epoch, ramp in ((0, 0.0), (1, 0.05), (19, 0.95), (20, 1.0)):
+        terms = distiller.loss_terms(Signals(student), Signals(teacher), _batch(target), _progress(epoch))
+        assert terms["dkd"].item() == pytest.approx(ramp * expected, rel=1e-10, abs=0.0)
+    ce = 2.0 * torch.nn.functional.cross_entropy(student, target).item()  # CE reads the raw logits
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------ DOT
@@ -331,19 +361,61 @@ def test_sdd_losses_match_region_loops() -> None:
     assert sdd.sdd_dkd_loss(student, teacher, target, 1.0, 8.0, 4.0).item() == pytest.approx(total / 20, rel=1e-9)
 
 
+def _streamlined_weights(teacher: torch.Tensor, target: torch.Tensor) -> list[list[float]]:
+    """Streamlined KD's ``multi_dkd`` masks, re-typed as loops: region 0 plays the global region's part.
+
+    Its pyramid lists the 4×4 cells first, so rows ``0:B`` (the top-left cell) are what it calls the
+    global prediction; the four masks then weigh a region 2 exactly when its correctness differs.
+    """
+    weights = []
+    for n in range(teacher.shape[0]):
+        first_true = int(teacher[n, 0].argmax()) == int(target[n])
+        row = []
+        for r in range(teacher.shape[1]):
+            local_true = int(teacher[n, r].argmax()) == int(target[n])
+            gt_lw = first_true and not local_true and r > 0
+            gw_lt = not first_true and local_true and r > 0
+            row.append(2.0 if gt_lw or gw_lt else 1.0)
+        weights.append(row)
+    return weights
+
+
+def test_sdd_scales_may_start_with_a_cell_as_streamlined_kd_lists_them() -> None:
+    feature_map, classifier = _logits(3, 4, 8, 8, seed=33), nn.Linear(4, 6).double()
+    with torch.no_grad():
+        s_regions = sdd.multi_scale_logits(feature_map, classifier, [4, 2, 1])
+        t_regions = sdd.multi_scale_logits(_logits(3, 4, 8, 8, seed=34), classifier, [4, 2, 1])
+    assert s_regions.shape == (3, 21, 6)
+    cell = feature_map[:, :, 0:2, 0:2].mean(dim=(2, 3))
+    torch.testing.assert_close(s_regions[:, 0], classifier(cell), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s_regions[:, 20], classifier(feature_map.mean(dim=(2, 3))), rtol=1e-12, atol=1e-12)
+    target = t_regions[:, 0].argmax(1)
+    target[1] = (target[1] + 1) % 6
+    weights = _streamlined_weights(t_regions, target)
+    assert sdd.region_weights(t_regions, target).tolist() == weights
+    total = 0.0
+    for n in range(3):
+        for r in range(21):
+            tckd, nckd = _dkd_row(s_regions[n, r].tolist(), t_regions[n, r].tolist(), int(target[n]), 4.0)
+            total += weights[n][r] * (3.0 * tckd + 6.0 * nckd)
+    got = sdd.sdd_dkd_loss(s_regions, t_regions, target, 3.0, 6.0, 4.0).item()
+    assert got == pytest.approx(total / 63, rel=1e-10)
+
+
 def _context(student: Signals, teacher: Signals) -> DistillContext:
     return DistillContext(100, (3, 32, 32), 10, "student", "teacher", student_shapes=student, teacher_shapes=teacher)
 
 
 def _shapes(model: nn.Module) -> Signals:
-    with torch.no_grad(), kdbench.FeatureCapture(model.eval(), {"feats", "embedding"}) as capture:
-        signals = capture(torch.zeros(2, 3, 32, 32))
-    return Signals(signals.logits, [f.to("meta") for f in signals.feats], embedding=signals.embedding.to("meta"))
+    return probe_signals(model, (3, 32, 32), torch.device("cpu"))
 
 
-def test_sdd_global_region_is_the_model_logits_and_only_the_student_learns(host: kdbench.PluginHost) -> None:
-    student = kdbench.create_model("resnet8", host=host)
-    teacher = kdbench.create_model("resnet8", host=host).requires_grad_(False)
+@pytest.mark.parametrize("arch", ["resnet8", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18"])
+def test_sdd_global_region_is_the_model_logits_and_only_the_student_learns(host: kdbench.PluginHost, arch: str) -> None:
+    """Region 0 at scale 1 is the logits only if SDD pools the map the classifier pools (WRN: after its last BN)."""
+    torch.manual_seed(0)
+    student = kdbench.create_model(arch, host=host)
+    teacher = kdbench.create_model(arch, host=host).requires_grad_(False)
     distiller = sdd.SDDKD(student, teacher, _context(_shapes(student), _shapes(teacher)), scales=[1, 2])
     assert distiller.extra_parameter_count() == 0 and not list(distiller.parameters())
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -353,20 +425,24 @@ def test_sdd_global_region_is_the_model_logits_and_only_the_student_learns(host:
         t = capture(images)
     s_regions, t_regions = distiller.regions(s, t)
     assert s_regions.shape == (3, 5, 100)
-    torch.testing.assert_close(s_regions[:, 0], s.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(t_regions[:, 0], t.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s_regions[:, 0], s.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(t_regions[:, 0], t.logits, rtol=1e-4, atol=1e-4)
     terms = distiller.loss_terms(s, t, _batch(torch.tensor([1, 2, 3])), _progress(0))
     sum(terms.values()).backward()
-    assert student.fc.weight.grad is not None and teacher.fc.weight.grad is None
+    classifier = student.get_submodule(student.feature_taps.classifier)
+    assert all(p.grad is not None for p in classifier.parameters())
+    teacher_classifier = teacher.get_submodule(teacher.feature_taps.classifier)
+    assert all(p.grad is None for p in teacher_classifier.parameters())
 
 
-def test_sdd_refuses_models_whose_last_tap_is_not_the_pooled_map() -> None:
-    resnet = Signals(torch.empty(2, 100), [torch.empty(2, 64, 8, 8, device="meta")], embedding=torch.empty(2, 64))
-    mobilenet = Signals(torch.empty(2, 100), [torch.empty(2, 160, 2, 2, device="meta")], embedding=torch.empty(2, 1280))
-    with pytest.raises(kdbench.KdbenchError, match="cannot run faithfully"):
-        sdd.SDDKD(nn.Module(), None, _context(mobilenet, resnet))
-    with pytest.raises(kdbench.KdbenchError, match="start with the global scale"):
-        sdd.SDDKD(nn.Module(), None, _context(resnet, resnet), scales=[2, 4])
+def test_sdd_refuses_a_pooled_map_unlike_the_embedding_and_bad_scales() -> None:
+    resnet = Signals(torch.empty(2, 100), embedding=torch.empty(2, 64), pooled_map=torch.empty(2, 64, 8, 8))
+    wrong = Signals(torch.empty(2, 100), embedding=torch.empty(2, 1280), pooled_map=torch.empty(2, 160, 2, 2))
+    with pytest.raises(kdbench.KdbenchError, match="pooled map .* does not match its embedding"):
+        sdd.SDDKD(nn.Module(), None, _context(wrong, resnet))
+    for scales in ([], [0, 2], [1, 2.5]):
+        with pytest.raises(kdbench.KdbenchError, match="positive grid sizes"):
+            sdd.SDDKD(nn.Module(), None, _context(resnet, resnet), scales=scales)
 
 
 def test_sdd_dkd_is_ramped() -> None:
@@ -374,8 +450,8 @@ def test_sdd_dkd_is_ramped() -> None:
     assert spec.defaults["beta"] == 8.0 and spec.defaults["warmup_epochs"] == 20
     distiller = spec.builder(nn.Module(), None, None, **spec.defaults)
     distiller._classifiers = (nn.Identity(), nn.Identity())  # regions = pooled features as logits
-    s = Signals(_logits(2, 6, seed=40).float(), [_logits(2, 6, 4, 4, seed=41).float()])
-    t = Signals(_logits(2, 6, seed=42).float(), [_logits(2, 6, 4, 4, seed=43).float()])
+    s = Signals(_logits(2, 6, seed=40).float(), pooled_map=_logits(2, 6, 4, 4, seed=41).float())
+    t = Signals(_logits(2, 6, seed=42).float(), pooled_map=_logits(2, 6, 4, 4, seed=43).float())
     batch = _batch(torch.tensor([0, 5]))
     early, late = (distiller.loss_terms(s, t, batch, _progress(e))["sdd"].item() for e in (0, 20))
     assert early == pytest.approx(late / 20, rel=1e-6)

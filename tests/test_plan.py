@@ -104,6 +104,24 @@ def test_the_runs_are_typed_with_recipes_and_resolved_names(host: kdbench.Plugin
     assert after.finetune_recipe.epochs == after.finetune_epochs and after.finetune_recipe.lr_milestones == ()
 
 
+def test_an_option_off_by_default_stays_out_of_configs_so_earlier_run_ids_hold(host: kdbench.PluginHost) -> None:
+    smoke = host.suites.get("smoke-methods")
+    dkd = next(run for run in plan_suite(smoke, host) if isinstance(run, TrainRun) and run.method == "dkd")
+    assert (
+        set(dkd.params)
+        == set(dkd.to_config()["params"])
+        == {"alpha", "beta", "temperature", "ce_weight", "warmup_epochs"}
+    )
+    assert dkd.run_id in {record["run_id"] for record in read_jsonl(BOARDS / "smoke-methods.jsonl")}
+    clamped = replace(smoke, distiller_params={"dkd": {"logit_clamp": 10.0}})
+    run = next(r for r in plan_suite(clamped, host) if isinstance(r, TrainRun) and r.method == "dkd")
+    assert run.to_config()["params"]["logit_clamp"] == 10.0 and run.run_id != dkd.run_id
+    assert run_from_config(run.to_config(), "student").run_id == run.run_id
+    emptied = replace(smoke, distiller_params={"dkd": {"beta": None}})
+    with pytest.raises(kdbench.KdbenchError, match=r"\[distiller_params.dkd\] sets beta to None"):
+        plan_suite(emptied, host)
+
+
 def test_a_hand_edited_or_foreign_plan_is_refused_naming_it(host: kdbench.PluginHost, tmp_path: Path) -> None:
     plan = plan_suite(host.suites.get("smoke"), host)
     data = json.loads(plan.to_json())

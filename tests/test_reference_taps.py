@@ -8,7 +8,7 @@ copied; parameter names as there, so kdbench's state_dict loads into them with
 ``strict=True``) and compares, per architecture:
 
 * ``feats`` with the reference's ``is_feat`` list, ``embedding`` with its pooled
-  entry, ``logits`` with its output;
+  entry and the spatial mean of ``pooled_map`` too, ``logits`` with its output;
 * ``preact[1:]`` with its ``preact=True`` list; ``preact[0]`` with the stem's
   pre-activation (kdbench's convention, see :class:`kdbench.FeatureTaps`; the
   references repeat ``f0`` there);
@@ -489,7 +489,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
 
 
 def _capture(model: nn.Module, images: torch.Tensor) -> Signals:
-    with FeatureCapture(model, {"logits", "feats", "preact", "embedding"}) as capture:
+    with FeatureCapture(model, {"logits", "feats", "preact", "embedding", "pooled_map"}) as capture:
         return capture(images)
 
 
@@ -499,6 +499,8 @@ def _compare(signals: Signals, feats: list[torch.Tensor], logits: torch.Tensor, 
     assert len(signals.feats) == len(signals.preact) == stages
     _close(signals.logits, logits, "logits")
     _close(signals.embedding, feats[-1], "embedding")
+    # The map SDD pools: the reference's pooled vector is its spatial mean (WRN: after the final BN + ReLU).
+    _close(signals.pooled_map.mean(dim=(2, 3)), feats[-1], "pooled_map averaged")
     for k in range(stages):
         _close(signals.feats[k], feats[k], f"feats[{k}]")
     for k in range(1, stages):

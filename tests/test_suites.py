@@ -149,7 +149,9 @@ def test_cifar_plans_follow_the_per_pair_settings(host: kdbench.PluginHost) -> N
     shuffle = [r.to_config() for r in different if r.pair and r.pair.student == "ShuffleV2"]
     assert {c["recipe"]["epochs"] for c in shuffle if c["distiller"] == "mlkd"} == {480}
     assert {c["recipe"]["lr"] for c in shuffle if c["distiller"] == "kd"} == {0.01}
-    assert not [c for c in shuffle if c["distiller"] in ("sdd_kd", "sdd_dkd", "fsp", "kdsvd")]
+    assert not [c for c in shuffle if c["distiller"] in ("fsp", "kdsvd")]
+    # SDD pools each model's pooled map (ShuffleV2's is its head conv's output), so it runs on these pairs.
+    assert {c["distiller"] for c in shuffle} >= {"sdd_kd", "sdd_dkd"}
 
 
 def test_prune_after_defaults_are_seed_001s() -> None:
@@ -168,7 +170,7 @@ def test_the_streamlined_suite_plans_its_own_recipe(host) -> None:
 
     plan = plan_suite(host.suites.get("cifar100-streamlined"), host)
     trained = [run for run in plan if isinstance(run, TrainRun)]
-    assert len(plan) == 203 and {run.recipe.strong_copy for run in trained} == {"streamlined"}
+    assert len(plan) == 221 and {run.recipe.strong_copy for run in trained} == {"streamlined"}
     teachers = [run for run in trained if run.role == "teacher"]
     assert {(r.recipe.epochs, r.recipe.lr, r.recipe.weight_decay) for r in teachers} == {(240, 0.1, 5e-4)}
     vanilla = [run for run in trained if run.role == "student" and run.method == "vanilla"]
@@ -176,3 +178,13 @@ def test_the_streamlined_suite_plans_its_own_recipe(host) -> None:
     skd = [run for run in trained if run.method == "skd"]
     assert {(r.recipe.epochs, r.recipe.lr, r.recipe.weight_decay) for r in skd} == {(250, 0.1, 4e-5)}
     assert all(run.to_config()["recipe"]["strong_copy"] == "streamlined" for run in skd)
+    # Their SDD script's recipe and SDD_DKD's constants, its pyramid's 4×4-first order, their 0-based ramps.
+    sdd = [run for run in trained if run.method == "sdd_dkd"]
+    assert {(r.recipe.epochs, r.recipe.lr, r.recipe.weight_decay) for r in sdd} == {(240, 0.01, 5e-4)}
+    assert {(r.params["ce_weight"], r.params["alpha"], r.params["beta"], tuple(r.params["scales"])) for r in sdd} == {
+        (2.0, 3.0, 6.0, (4, 2, 1))
+    }
+    dkd = [run for run in trained if run.method == "dkd"]
+    assert len(dkd) == 18 and all(r.params["logit_clamp"] == 10.0 and r.params["beta"] == 6.0 for r in dkd)
+    ramped = [run for run in trained if run.method in ("dkd", "reviewkd", "sdd_dkd")]
+    assert {run.params["warmup_first_epoch"] for run in ramped} == {0}

@@ -368,6 +368,11 @@ class _Dropout(TinyNet):
             r"builder\(num_classes=13\) gives outputs of shape \(2, 10\)",
         ),
         (_in_place_stage_relus, r"stage tap 1 \('stage1.relu_out'\): the captured pre-activation equals"),
+        (
+            _with_taps(pooled_map="stage3.relu_out"),
+            r"embedding must be the spatial mean of pooled_map 'stage3.relu_out'",
+        ),
+        (_with_taps(pooled_map="head"), r"modules the model does not have: \['head'\]"),
     ],
 )
 def test_broken_models_are_caught(builder, message: str) -> None:

@@ -10,6 +10,13 @@ and ``configs/cifar100/dkd/*.yaml``): CE 1.0, α = 1, β = 8, T = 4, the DKD ter
 ramped by ``min(epoch / 20, 1)`` over its 1-based epochs. β is a per-pair
 hyper-parameter there (2 for resnet56/resnet110 teachers, 6 for the wrn_40_2 →
 wrn and vgg13 pairs); suites set it per pair.
+
+Two options reproduce re-implementations that differ from the authors' (both
+off by default, and then left out of run configs): ``logit_clamp`` clamps both
+models' logits to ±``logit_clamp`` before the DKD term only (Streamlined KD's
+``Distiller/DKD.py:9-10`` uses 10; its CE reads the raw logits), and
+``warmup_first_epoch=0`` ramps by ``min(epoch / 20, 1)`` over 0-based epochs
+(Streamlined KD's trainer passes them, ``DKD.py:107``).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class DKD(Distiller):
         temperature: float = 4.0,
         ce_weight: float = 1.0,
         warmup_epochs: int = 20,
+        logit_clamp: float | None = None,
+        warmup_first_epoch: int | None = None,
     ):
         super().__init__()
         self.alpha = alpha
@@ -56,16 +65,22 @@ class DKD(Distiller):
         self.temperature = temperature
         self.ce_weight = ce_weight
         self.warmup_epochs = warmup_epochs
+        self.logit_clamp = logit_clamp
+        self.first_epoch = 1 if warmup_first_epoch is None else warmup_first_epoch
 
     def loss_terms(
         self, student: Signals, teacher: Signals | None, batch: Batch, progress: Progress
     ) -> dict[str, torch.Tensor]:
         """Return the weighted CE and (ramped) DKD terms."""
         assert teacher is not None
-        dkd = dkd_loss(student.logits, teacher.logits, batch.targets, self.alpha, self.beta, self.temperature)
+        s_logits, t_logits = student.logits, teacher.logits
+        if self.logit_clamp is not None:
+            s_logits = s_logits.clamp(-self.logit_clamp, self.logit_clamp)
+            t_logits = t_logits.clamp(-self.logit_clamp, self.logit_clamp)
+        dkd = dkd_loss(s_logits, t_logits, batch.targets, self.alpha, self.beta, self.temperature)
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
-            "dkd": linear_ramp(progress, self.warmup_epochs) * dkd,
+            "dkd": linear_ramp(progress, self.warmup_epochs, self.first_epoch) * dkd,
         }
 
 

@@ -25,7 +25,9 @@ Deviations from MDistiller, on purpose: the mid channels are
 CIFAR code; their ImageNet code passes it explicitly: 512 for ResNet18, 256 for
 MobileNet); with the default 512 all agree. The ramp is MDistiller's ``min(epoch / 20, 1)`` with
 its 1-based epoch, i.e. ``min((progress.epoch + 1) / 20, 1)``; the authors'
-``train.py`` uses the 0-based epoch (weight 0 in the first epoch).
+``train.py`` and Streamlined KD's trainer pass the 0-based epoch (weight 0 in
+the first epoch): ``warmup_first_epoch=0`` (off by default, and then left out of
+run configs).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import Batch, DistillContext, Distiller, DistillerSpec, KdbenchError, Progress, Signals, hookimpl
+from kdbench.losses import linear_ramp
 
-__all__ = ["ABF", "ReviewKD", "hcl_loss", "review_ramp"]
+__all__ = ["ABF", "ReviewKD", "hcl_loss"]
 
 
 def hcl_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
@@ -59,11 +62,6 @@ def hcl_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor
             weights += weight
         total = total + loss / weights
     return total
-
-
-def review_ramp(epoch: int, warmup_epochs: int) -> float:
-    """Return the review-loss multiplier ``min((epoch + 1) / warmup_epochs, 1)`` for a 0-based epoch."""
-    return min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
 
 
 class ABF(nn.Module):
@@ -116,6 +114,7 @@ class ReviewKD(Distiller):
         review_weight: float = 5.0,
         warmup_epochs: int = 20,
         max_mid_channel: int = 512,
+        warmup_first_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if context.student_shapes is None or context.teacher_shapes is None:
@@ -129,6 +128,7 @@ class ReviewKD(Distiller):
         self.ce_weight = ce_weight
         self.review_weight = review_weight
         self.warmup_epochs = warmup_epochs
+        self.first_epoch = 1 if warmup_first_epoch is None else warmup_first_epoch
         self.out_sizes = [size for _, size in t_levels]
         mid = min(max_mid_channel, s_levels[-1][0])
         last = len(s_levels) - 1
@@ -155,7 +155,7 @@ class ReviewKD(Distiller):
         assert teacher is not None and student.embedding is not None and teacher.embedding is not None
         outputs = self.review(student.feats, student.embedding)
         targets = [t.detach() for t in (*teacher.preact[1:], teacher.embedding.flatten(1)[:, :, None, None])]
-        weight = self.review_weight * review_ramp(progress.epoch, self.warmup_epochs)
+        weight = self.review_weight * linear_ramp(progress, self.warmup_epochs, self.first_epoch)
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
             "review": weight * hcl_loss(outputs, targets),

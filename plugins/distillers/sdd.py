@@ -1,14 +1,15 @@
 """SDD: Wei, Luo & Luo, "Scale Decoupled Distillation", CVPR 2024.
 
-Each model's last feature map (the map its classifier input is average-pooled
-from) is average-pooled on grids of M×M cells for each scale M (e.g. 1, 2, 4),
-and the model's own classifier turns every cell into "local logits": 1 + 4 + 16
-regions for scales (1, 2, 4), the first being the ordinary global logits. A
-logit loss (KD or DKD) is applied region by region. A region is *consistent*
-when the teacher's local prediction is right exactly when its global one is,
-and *complementary* otherwise; complementary regions get weight 2 (the paper's
-β), consistent ones and the global region weight 1, and the weighted losses are
-averaged over all regions and samples.
+Each model's pooled map (the map its classifier input is the spatial mean of,
+the ``pooled_map`` signal) is average-pooled on grids of M×M cells for each
+scale M (e.g. 1, 2, 4), and the model's own classifier turns every cell into
+"local logits": 1 + 4 + 16 regions for scales (1, 2, 4), the first being the
+ordinary global logits. A logit loss (KD or DKD) is applied region by region. A
+region is *consistent* when the teacher's prediction on it is right exactly when
+its prediction on region 0 (the global one, for scales starting at 1) is, and
+*complementary* otherwise; complementary regions get weight 2 (the paper's β),
+consistent ones and region 0 weight 1, and the weighted losses are averaged over
+all regions and samples.
 
 Follows the authors' code (``shicaiwei123/SDD-CVPR2024``: ``SPP`` in
 ``mdistiller/models/cifar/utils.py``, ``sdd_kd_loss`` in
@@ -17,18 +18,28 @@ classifier is trained through its local logits; the teacher's is used without
 gradient. Two registrations:
 
 - ``sdd_kd`` (SD-KD): CE 0.1 + 0.9·SDD-KD, T = 4 (MDistiller's KD defaults, no
-  ramp); the "SDD" row of the Streamlined KD table is most likely this variant
-  (its numbers sit just below the authors' SD-KD runs, well below SD-DKD's);
+  ramp);
 - ``sdd_dkd`` (SD-DKD): CE 1 + SDD-DKD with DKD's α = 1, β = 8, T = 4, ramped by
-  ``min(epoch / 20, 1)`` (``train_origin.py --warmup 20``).
+  ``min(epoch / 20, 1)`` (``train_origin.py --warmup 20``). The "SDD" row of the
+  Streamlined KD table is this variant as that repository re-implemented it
+  (``CIFAR-100/Utils/SDD_distillation_train.py`` builds only ``SDD_DKD``), with
+  its own settings: see the ``cifar100-streamlined`` suite (which also ramps
+  over 0-based epochs, ``warmup_first_epoch=0``; off by default and then left
+  out of run configs).
 
 The scales are per pair in the authors' scripts: (1, 2) for resnet32x4 →
 resnet8x4 and vgg13 → vgg8, (1, 2, 4) otherwise. We pool each scale straight
 from the map; the authors pool 2×2 and 1×1 from the 4×4 pooling, which is the
 same whenever the map's side is a multiple of 4 (CIFAR: 8×8, 4×4) or 2×2.
-Architectures whose last stage tap is not the map the classifier's input is
-pooled from (kdbench's MobileNetV2 and ShuffleV2 end with a 1×1 conv head after
-their last stage) are refused at construction rather than approximated.
+The authors' models pool the map their classifier averages (after a WRN's final
+BN + ReLU, after MobileNetV2's and ShuffleNetV2's 1×1 head), which is what the
+``pooled_map`` tap gives for every architecture.
+
+The scales may come in any order; region 0 is the one every other region's
+correctness is compared with. The authors list (1, 2, 4), so region 0 is the
+global region. Streamlined KD's copy of their pyramid concatenates the 4×4
+cells first while keeping the authors' loss, so its reference region is the
+top-left cell of the 4×4 grid: ``scales=(4, 2, 1)`` reproduces that.
 """
 
 from __future__ import annotations
@@ -63,9 +74,9 @@ def multi_scale_logits(
 def region_weights(
     teacher_regions: torch.Tensor, target: torch.Tensor, complementary_weight: float = 2.0
 ) -> torch.Tensor:
-    """Return B×R weights: ``complementary_weight`` where the teacher's local and global correctness differ, else 1.
+    """Return B×R weights: ``complementary_weight`` where the teacher's correctness differs from region 0's, else 1.
 
-    Region 0 must be the global (scale-1) region; it always gets weight 1.
+    Region 0 is the reference region (the global one when the scales start at 1); it always gets weight 1.
     """
     correct = teacher_regions.argmax(dim=2) == target.view(-1, 1)
     complementary = correct != correct[:, :1]
@@ -120,30 +131,30 @@ def _classifier(model: nn.Module) -> nn.Module:
 
 
 def _check_pooled_map(shapes: Signals | None, name: str | None) -> None:
-    """Raise unless the last stage tap has as many channels as the classifier input (the map it is pooled from)."""
-    if shapes is None or not shapes.feats or shapes.embedding is None:
-        raise KdbenchError(f"SDD needs the last feature map and embedding shapes of {name!r}")
-    if shapes.feats[-1].dim() != 4 or shapes.feats[-1].shape[1] != shapes.embedding.shape[1]:
+    """Raise unless the model's pooled map has as many channels as its classifier input."""
+    if shapes is None or shapes.pooled_map is None or shapes.embedding is None:
+        raise KdbenchError(f"SDD needs the pooled map and embedding shapes of {name!r}")
+    if shapes.pooled_map.dim() != 4 or shapes.pooled_map.shape[1] != shapes.embedding.shape[1]:
         raise KdbenchError(
-            f"SDD pools the map the classifier input is averaged from, but {name!r} ends with a layer after its "
-            f"last stage tap ({tuple(shapes.feats[-1].shape[1:])} vs embedding {tuple(shapes.embedding.shape[1:])}); "
-            "SDD cannot run faithfully on it"
+            f"SDD pools the map the classifier input is averaged from, but {name!r}'s pooled map "
+            f"{tuple(shapes.pooled_map.shape[1:])} does not match its embedding {tuple(shapes.embedding.shape[1:])}; "
+            "its feature_taps.pooled_map must name the global pooling module"
         )
 
 
 class _SDDBase(Distiller):
     """Shared parts: the two classifiers (held by reference, never registered) and the region logits."""
 
-    student_signals = frozenset({"logits", "feats"})
-    teacher_signals = frozenset({"logits", "feats"})
+    student_signals = frozenset({"logits", "pooled_map"})
+    teacher_signals = frozenset({"logits", "pooled_map"})
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module | None, context: DistillContext | None, scales: Sequence[int]
     ) -> None:
         super().__init__()
-        if not scales or int(scales[0]) != 1:
-            raise KdbenchError(f"SDD's scales must start with the global scale 1, got {list(scales)}")
-        self.scales = [int(m) for m in scales]
+        if not scales or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in scales):
+            raise KdbenchError(f"SDD's scales must be positive grid sizes such as (1, 2, 4), got {list(scales)}")
+        self.scales = list(scales)
         if context is not None:
             _check_pooled_map(context.student_shapes, context.student_name)
             _check_pooled_map(context.teacher_shapes, context.teacher_name)
@@ -154,9 +165,10 @@ class _SDDBase(Distiller):
         """Return the student's and (without gradient) the teacher's B×R×C region logits."""
         assert self._classifiers is not None, "SDD needs a teacher"
         student_classifier, teacher_classifier = self._classifiers
-        student_regions = multi_scale_logits(student.feats[-1], student_classifier, self.scales)
+        assert student.pooled_map is not None and teacher.pooled_map is not None
+        student_regions = multi_scale_logits(student.pooled_map, student_classifier, self.scales)
         with torch.no_grad():
-            teacher_regions = multi_scale_logits(teacher.feats[-1], teacher_classifier, self.scales)
+            teacher_regions = multi_scale_logits(teacher.pooled_map, teacher_classifier, self.scales)
         return student_regions, teacher_regions
 
 
@@ -208,8 +220,10 @@ class SDDDKD(_SDDBase):
         warmup_epochs: int = 20,
         scales: Sequence[int] = (1, 2, 4),
         complementary_weight: float = 2.0,
+        warmup_first_epoch: int | None = None,
     ):
         super().__init__(student, teacher, context, scales)
+        self.first_epoch = 1 if warmup_first_epoch is None else warmup_first_epoch
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
@@ -228,7 +242,7 @@ class SDDDKD(_SDDBase):
         )
         return {
             "ce": self.ce_weight * F.cross_entropy(student.logits, batch.targets),
-            "sdd": linear_ramp(progress, self.warmup_epochs) * sdd,
+            "sdd": linear_ramp(progress, self.warmup_epochs, self.first_epoch) * sdd,
         }
 
 

@@ -17,7 +17,8 @@ and feature are the same tensor, the block output after its residual add. The
 stem's tapped ReLU is non-inplace. ``bn_before_relu`` follows the reference's
 ``get_bn_before_relu()`` (the projection BN of each tapped block) plus the stem
 BN. Global pooling is adaptive, equal to the reference's 2×2 average pool at
-32×32 (and usable at other input sizes).
+32×32 (and usable at other input sizes); the map it pools, the 1280-channel head
+``conv2``'s output, is the ``pooled_map`` (the input of ``avgpool``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class MobileNetV2(nn.Module):
             stages=("conv1.2", *(f"{name}.linear_out" for name in lasts)),
             classifier="classifier",
             bn_before_relu=("conv1.1", *(f"{name}.conv.7" for name in lasts)),
+            pooled_map="avgpool",
         )
         self._init_weights()
 

@@ -26,7 +26,9 @@ of that unit's ``relu_out``: the reference's ``[x1, bn3 output]`` in its
 channel order *before* the shuffle, so ``relu(preact)`` is the feature before
 its channel shuffle. No single BatchNorm feeds a whole stage's ReLU (``bn3``
 covers half of the channels), so ``bn_before_relu`` is empty, as the
-reference's ``get_bn_before_relu`` raises.
+reference's ``get_bn_before_relu`` raises. The map global pooling averages is
+the 1×1 head's ``relu(bn2(conv2 output))``: the ``pooled_map`` (the input of
+``avgpool``).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class ShuffleNetV2(nn.Module):
             stages=("relu", *lasts),
             classifier="linear",
             preact=("relu", *(f"{name}.relu_out" for name in lasts)),
+            pooled_map="avgpool",
         )
 
     def _make_stage(self, width: int, blocks: int) -> nn.Sequential:

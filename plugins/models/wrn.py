@@ -18,7 +18,9 @@ instead of applying those BNs a second time (which, in training mode, would
 update their running statistics twice). The stem's preact is, by the same rule,
 ``block1.layer.0.bn1(conv1 output)`` (kdbench's ``preact[0]`` convention; the
 reference repeats the raw stem there). The tapped ReLUs are non-inplace. Global
-pooling is adaptive, equal to the reference's 8×8 average pool at 32×32.
+pooling is adaptive, equal to the reference's 8×8 average pool at 32×32; the map
+it pools, ``relu(bn1(block3 output))``, is the ``pooled_map`` (the input of
+``avgpool``), not the raw last stage feature.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class WideResNet(nn.Module):
             classifier="fc",
             bn_before_relu=("block1.layer.0.bn1", "block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"),
             preact=("block1.layer.0.relu1", "block2.layer.0.relu1", "block3.layer.0.relu1", "relu"),
+            pooled_map="avgpool",
         )
         self._init_weights()
 
