@@ -37,6 +37,7 @@ from kdbench.results import (
     read_result_files,
     write_jsonl,
 )
+from kdbench.schedule import ScheduleOptions
 from kdbench.specs import SuiteSpec
 from kdbench.suites import load_suite_file
 
@@ -105,6 +106,21 @@ def _execution_options() -> argparse.ArgumentParser:
     group.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints, weights and result per run")
     group.add_argument("--latency-batch-sizes", default="1,256", help="batch sizes timed for the efficiency table")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--cohorts",
+        choices=("on", "off"),
+        default="on",
+        help="train runs of one teacher, seed and recipe in lockstep, one teacher pass per step (same numbers; "
+        "default on)",
+    )
+    group.add_argument("--cohort-size", type=int, default=32, metavar="N", help="at most N runs per cohort (32)")
+    group.add_argument(
+        "--teacher-table",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read the teacher's logits from its table of every train image and view (auto: where it saves "
+        "teacher passes)",
+    )
     group.add_argument(
         "--threads",
         type=int,
@@ -282,7 +298,7 @@ def _selected_plan(args: argparse.Namespace, host: PluginHost) -> tuple[Plan, di
     return plan, overrides
 
 
-def _print_plan(plan: Sequence[PlannedRun], pending: set[str]) -> None:
+def _print_plan(plan: Sequence[PlannedRun], pending: set[str], schedule: Any = None) -> None:
     rows = []
     for run in plan:
         pair = run.pair.label if run.pair else ("—" if run.role == "student" else run.model)
@@ -298,11 +314,20 @@ def _print_plan(plan: Sequence[PlannedRun], pending: set[str]) -> None:
                 "—" if run.seed is None else run.seed,
                 recipe.epochs if recipe is not None else "—",
                 "to run" if run.run_id in pending else "stored",
+                *([schedule.describe(run.run_id) if run.run_id in pending else ""] if schedule else []),
             ]
         )
     headers = ["run id", "kind", "pair", "model", "method", "seed", "epochs", "result"]
+    headers += ["execution"] if schedule else []
     print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
     print(f"{len(plan)} runs, {sum(r.run_id not in pending for r in plan)} already stored")
+    if schedule is not None:
+        cohorts, members = len(schedule.cohorts), sum(len(c) for c in schedule.cohorts)
+        print(
+            f"{cohorts} cohort{'' if cohorts == 1 else 's'} of {members} runs (one teacher pass per step), "
+            f"{len(schedule.table_runs)} runs read a teacher table; the same math as alone (`--cohorts off`, "
+            "`--teacher-table off`)"
+        )
 
 
 def _device(name: str) -> torch.device:
@@ -318,6 +343,15 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise KdbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def _cohort_budget(device: Any) -> int | None:
+    """Return the bytes a cohort's members may hold on ``device``: half an accelerator's memory; no cap on the CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory // 2
 
 
 def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
@@ -340,7 +374,14 @@ def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
         channels_last=args.channels_last,
         progress=not args.no_progress,
     )
+    schedule = ScheduleOptions(
+        cohorts=args.cohorts == "on",
+        max_members=args.cohort_size,
+        memory_budget=_cohort_budget(engine.device),
+        teacher_table=args.teacher_table,
+    )
     return RunnerOptions(
+        schedule=schedule,
         data_root=args.data_root,
         teacher_root=args.teacher_root,
         work_root=args.work_dir,
@@ -386,9 +427,12 @@ def _dry_run(args: argparse.Namespace, host: PluginHost, plan: Plan) -> int:
     finally:
         if store is not None:
             store.close()
-    pending = {run.run_id for run in pending_runs(plan, done, args.work_dir)}
-    _print_plan(plan.runs, pending)
-    _runner_options(args, {})  # the numeric and device options, the directories
+    pending_list = pending_runs(plan, done, args.work_dir)
+    pending = {run.run_id for run in pending_list}
+    options = _runner_options(args, {})  # the numeric and device options, the directories
+    from kdbench.runner import Workspace, schedule_runs
+
+    _print_plan(plan.runs, pending, schedule_runs(pending_list, Workspace(host, options), data_loaded=False))
     problems = []
     for run in plan:
         if isinstance(run, TeacherCheck) and run.run_id in pending:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +28,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from kdbench.augment import POLICIES, RandAugmentPolicy, Views, apply_policy, apply_views, draw_views, normalize
+from kdbench.augment import (
+    POLICIES,
+    RandAugmentPolicy,
+    Views,
+    apply_policy,
+    apply_views,
+    draw_views,
+    normalize,
+)
 from kdbench.distiller import Batch, DistillContext, Distiller, OptimizerSettings, Phase, Progress
 from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import SIGNALS, FeatureCapture, Signals, concat_signals
@@ -43,14 +51,23 @@ __all__ = [
     "PREVIOUS_FINAL_NAME",
     "DistillerFactory",
     "EngineOptions",
+    "EpochDraw",
     "Observer",
     "RunState",
     "Segment",
+    "Silent",
+    "TeacherLogits",
     "TrainedModel",
+    "add_terms",
+    "draw_epoch",
+    "end_epoch",
+    "epoch_batches",
     "evaluate",
     "evaluate_top1",
+    "finish_run",
     "forward_signals",
     "probe_signals",
+    "resume_state",
     "train",
 ]
 
@@ -119,6 +136,73 @@ def _strong_policy(name: str) -> RandAugmentPolicy | None:
 
 def _subset(views: Views, index: torch.Tensor) -> Views:
     return replace(views, dy=views.dy[index], dx=views.dx[index], flip=views.flip[index])
+
+
+@dataclass(frozen=True, slots=True)
+class EpochDraw:
+    """One epoch's shared randomness: the order of the samples and their views, drawn from (seed, epoch).
+
+    Every run of one seed, dataset and recipe draws the same: that is what lets runs train in
+    lockstep (a cohort). ``generator`` goes on with the strong copy's per-step policy draws;
+    each run's *method* draws from its own copy of the state after the shared draws
+    (:meth:`method_generator`), so what a method draws never moves the data another run sees.
+    """
+
+    order: torch.Tensor
+    views: Views
+    steps: int
+    batch_size: int
+    num_train: int
+    policy: RandAugmentPolicy | None
+    generator: torch.Generator
+    method_state: torch.Tensor
+
+    def method_generator(self) -> torch.Generator:
+        """Return a new generator in the state the shared draws left (a run's methods draw from it)."""
+        generator = torch.Generator(device=self.generator.device)
+        generator.set_state(self.method_state)
+        return generator
+
+
+def draw_epoch(
+    seed: int, position: int, num_train: int, recipe: Recipe, dataset: DatasetSpec, device: torch.device
+) -> EpochDraw:
+    """Return the draws of global epoch ``position`` of a run with this seed, train-set size and recipe."""
+    generator = _epoch_generator(seed, position, device)
+    policy = _strong_policy(recipe.strong_copy)
+    samples = num_train * (2 if policy is not None else 1)  # with a strong copy: every image twice
+    order = torch.randperm(samples, generator=generator, device=device)
+    augment = dataset.augment
+    views = draw_views(samples, augment.pad, augment.flip, generator, device)
+    steps = _steps_per_epoch(samples, recipe.batch_size)
+    return EpochDraw(order, views, steps, recipe.batch_size, num_train, policy, generator, generator.get_state())
+
+
+def epoch_batches(
+    draw: EpochDraw, images: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, channels_last: bool = False
+) -> Iterator[tuple[Batch, Views]]:
+    """Yield each step's batch (without a generator: give each run its own) and its samples' views, in order."""
+    pad = dataset.augment.pad
+    for step in range(draw.steps):
+        drawn = draw.order[step * draw.batch_size : (step + 1) * draw.batch_size]
+        index = drawn % draw.num_train if draw.policy is not None else drawn
+        raw = images[index]
+        views = _subset(draw.views, drawn)
+        augmented = apply_views(raw, views, pad)
+        if draw.policy is not None:  # the copy's half of the batch gets the strong policy on top (no sync)
+            strong = apply_policy(augmented, draw.policy, draw.generator)
+            augmented = torch.where((drawn >= draw.num_train).view(-1, 1, 1, 1), strong, augmented)
+        augmented = normalize(augmented, dataset.mean, dataset.std)
+        if channels_last:
+            augmented = augmented.contiguous(memory_format=torch.channels_last)
+        yield Batch(augmented, labels[index], index, raw=raw), views
+
+
+class TeacherLogits(Protocol):
+    """Where a run may read its teacher's logits instead of a forward pass (a teacher table)."""
+
+    def logits(self, indices: torch.Tensor, views: Views) -> torch.Tensor:
+        """Return the teacher's logits of the train samples ``indices`` under ``views`` (B×classes, device)."""
 
 
 def probe_signals(model: nn.Module, input_size: tuple[int, int, int], device: torch.device) -> Signals:
@@ -203,7 +287,9 @@ class RunState:
     it is built right away, continuing the global RNG), ``teacher`` (frozen, eval mode)
     or None, the ``recipe``, the run's ``seed`` (per-epoch data order and views), the
     dataset's spec and data, and ``options``. ``identity`` is stored in checkpoints and
-    must match on resume. Epochs are counted by one *position* over the method's phases
+    must match on resume. ``teacher_table`` (optional) holds the teacher's logits of every
+    train image and view: steps of a method that reads only the teacher's logits read them
+    there instead of running the teacher. Epochs are counted by one *position* over the method's phases
     followed by the main training; the per-epoch generator and the checkpoint use it.
     """
 
@@ -220,8 +306,12 @@ class RunState:
         *,
         student_name: str = "student",
         identity: Mapping[str, Any] | None = None,
+        teacher_table: TeacherLogits | None = None,
     ) -> None:
+        if teacher_table is not None and (teacher is None or options.bf16):
+            raise KdbenchError("a teacher table needs a teacher and fp32 (it holds the fp32 teacher's logits)")
         self.options = options
+        self.teacher_table = teacher_table
         self.dataset = dataset
         self.recipe = recipe
         self.seed = seed
@@ -341,48 +431,45 @@ class RunState:
         teacher = FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
         return student, teacher
 
-    def train_epoch(self, position: int) -> dict[str, torch.Tensor]:
-        """Train global epoch ``position``; return the mean loss terms as device tensors (no host sync)."""
-        device = self.options.device
+    def start_epoch_of(self, position: int) -> tuple[Segment, int, torch.optim.Optimizer]:
+        """Set up global epoch ``position`` (its segment's optimiser and LR, train/eval modes); return them."""
         segment, epoch = self.segment_at(position)
         optimizer = self.optimizer_for(segment)
         for group in optimizer.param_groups:
             group["lr"] = self._lr(segment, epoch)
-        generator = _epoch_generator(self.seed, position, device)
-        num_train = self.train_images.shape[0]
-        policy = _strong_policy(self.recipe.strong_copy)
-        samples = num_train * (2 if policy is not None else 1)  # with a strong copy: every image twice
-        order = torch.randperm(samples, generator=generator, device=device)
-        augment = self.dataset.augment
-        views = draw_views(samples, augment.pad, augment.flip, generator, device)
-        batch_size = self.recipe.batch_size
-        steps = _steps_per_epoch(samples, batch_size)
         self.student.train(segment.phase is None or segment.phase.student_mode == "train")
         self.distiller.train()
+        return segment, epoch, optimizer
+
+    def train_epoch(self, position: int) -> dict[str, torch.Tensor]:
+        """Train global epoch ``position``; return the mean loss terms as device tensors (no host sync)."""
+        segment, epoch, optimizer = self.start_epoch_of(position)
+        draw = draw_epoch(
+            self.seed, position, self.train_images.shape[0], self.recipe, self.dataset, self.options.device
+        )
+        generator = draw.method_generator()
         student_capture, teacher_capture = self.captures(segment)
         sums: dict[str, torch.Tensor] = {}
         try:
-            for step in range(steps):
-                drawn = order[step * batch_size : (step + 1) * batch_size]
-                index = drawn % num_train if policy is not None else drawn
-                raw = self.train_images[index]
-                images = apply_views(raw, _subset(views, drawn), augment.pad)
-                if policy is not None:  # the copy's half of the batch gets the strong policy on top (no sync)
-                    strong = apply_policy(images, policy, generator)
-                    images = torch.where((drawn >= num_train).view(-1, 1, 1, 1), strong, images)
-                images = normalize(images, self.dataset.mean, self.dataset.std)
-                if self.options.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                batch = Batch(images, self.train_labels[index], index, raw=raw, generator=generator)
-                progress = Progress(epoch, segment.epochs, step, steps, phase=segment.name)
-                terms = self.step(segment, student_capture, teacher_capture, batch, progress, optimizer)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0) + value.detach().float()
+            batches = epoch_batches(
+                draw, self.train_images, self.train_labels, self.dataset, self.options.channels_last
+            )
+            for step, (batch, views) in enumerate(batches):
+                batch = replace(batch, generator=generator)
+                progress = Progress(epoch, segment.epochs, step, draw.steps, phase=segment.name)
+                terms = self.step(segment, student_capture, teacher_capture, batch, progress, optimizer, views)
+                add_terms(sums, terms)
         finally:
             for capture in (student_capture, teacher_capture):
                 if capture is not None:
                     capture.close()
-        return {name: total / steps for name, total in sums.items()}
+        return {name: total / draw.steps for name, total in sums.items()}
+
+    def table_serves(self, segment: Segment) -> bool:
+        """Return whether the teacher table replaces the teacher's forward in ``segment`` (logits only)."""
+        if self.teacher_table is None or segment.phase is not None:
+            return False
+        return self.distiller.signals(None)[1] <= {"logits"}
 
     def step(
         self,
@@ -392,15 +479,36 @@ class RunState:
         batch: Batch,
         progress: Progress,
         optimizer: torch.optim.Optimizer,
+        views: Views | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run one training step on ``batch`` (teacher pass, student pass, loss, update); return its loss terms."""
+        """Run one training step on ``batch`` (teacher pass, student pass, loss, update); return its loss terms.
+
+        With a teacher table and the batch's ``views``, the teacher's logits are read, not computed.
+        """
         with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
-            batch = self.distiller.prepare_batch(batch)
+            prepared = self.distiller.prepare_batch(batch)
             # Teacher first: its activations are freed before the student's autograd graph is built.
             teacher = None
             if teacher_capture is not None:
-                with torch.no_grad():
-                    teacher = forward_signals(teacher_capture, batch)
+                if views is not None and prepared is batch and self.table_serves(segment):
+                    assert self.teacher_table is not None
+                    teacher = Signals(logits=self.teacher_table.logits(batch.indices, views))
+                else:
+                    with torch.no_grad():
+                        teacher = forward_signals(teacher_capture, prepared)
+        return self.student_step(segment, student_capture, teacher, prepared, progress, optimizer)
+
+    def student_step(
+        self,
+        segment: Segment,
+        student_capture: FeatureCapture | None,
+        teacher: Signals | None,
+        batch: Batch,
+        progress: Progress,
+        optimizer: torch.optim.Optimizer,
+    ) -> dict[str, torch.Tensor]:
+        """Run the student's part of a step given the teacher's signals: forward, loss, update; return the terms."""
+        with torch.autocast(self.options.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             student = forward_signals(student_capture, batch) if student_capture is not None else None
             if segment.phase is None:
                 assert student is not None
@@ -420,6 +528,12 @@ class RunState:
             self.recipe.eval_batch_size,
             self.options.bf16,
         )
+
+
+def add_terms(sums: dict[str, torch.Tensor], terms: Mapping[str, torch.Tensor]) -> None:
+    """Add a step's loss terms (detached, float32) to the epoch's running sums, on the device."""
+    for name, value in terms.items():
+        sums[name] = sums.get(name, 0) + value.detach().float()
 
 
 def forward_signals(capture: FeatureCapture, batch: Batch) -> Signals:
@@ -468,7 +582,9 @@ def _result(curve: list[EpochRecord], status: str, extra_params: int) -> RunResu
     )
 
 
-class _Silent:
+class Silent:
+    """An observer that ignores every notification."""
+
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         return None
 
@@ -488,47 +604,75 @@ def train(
     ``label`` names the progress bar. Returns a finished or diverged :class:`RunResult`
     whose wall time is the sum of its epochs' times (resume-stable); errors propagate.
     """
-    observer = observer or _Silent()
+    observer = observer or Silent()
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint, previous = run.work_dir / CHECKPOINT_NAME, run.work_dir / PREVIOUS_CHECKPOINT_NAME
-    _resume(state, checkpoint, previous)
+    resume_state(state, run.work_dir)
     observer.notify("kdbench_run_start", run=run)
     bar = _progress_bar(label or run.run_id, state.total_epochs, state.start_epoch, state.options.progress)
     status = "finished"
     try:
         for position in range(state.start_epoch, state.total_epochs):
             tick = time.perf_counter()
-            segment, epoch = state.segment_at(position)
             sums = state.train_epoch(position)
-            top1 = state.test_top1()
-            losses = {name: float(value) for name, value in sums.items()}
-            assert state.optimizer is not None
-            record = EpochRecord(
-                epoch=epoch,
-                lr=state.optimizer.param_groups[0]["lr"],
-                losses=losses,
-                test_top1=round(float(top1), 4),
-                seconds=round(time.perf_counter() - tick, 3),
-                phase=segment.name,
-            )
-            state.curve.append(record)
-            if not all(math.isfinite(v) for v in losses.values()):
+            record = end_epoch(run, state, position, sums, time.perf_counter() - tick, observer)
+            if record is None:
                 status = "diverged"
                 break
-            atomic_torch_save(state.checkpoint(position), checkpoint, previous)
-            observer.notify("kdbench_epoch_end", run=run, epoch=record)
             bar.update(1)
-            bar.set_postfix(top1=f"{record.test_top1:.2f}", loss=f"{sum(losses.values()):.3f}", phase=segment.name)
+            bar.set_postfix(
+                top1=f"{record.test_top1:.2f}", loss=f"{sum(record.losses.values()):.3f}", phase=record.phase
+            )
     finally:
         bar.close()
+    return finish_run(run, state, status, final_extras)
+
+
+def end_epoch(
+    run: RunInfo,
+    state: RunState,
+    position: int,
+    sums: Mapping[str, torch.Tensor],
+    seconds: float,
+    observer: Observer,
+    timer: Callable[[], float] = time.perf_counter,
+) -> EpochRecord | None:
+    """Close global epoch ``position``: test, record, checkpoint, notify; return its record (None: diverged).
+
+    ``seconds`` is the epoch's training time so far; the test pass is added to it (timed with ``timer``).
+    """
+    segment, epoch = state.segment_at(position)
+    tick = timer()
+    top1 = state.test_top1()
+    losses = {name: float(value) for name, value in sums.items()}
+    assert state.optimizer is not None
+    record = EpochRecord(
+        epoch=epoch,
+        lr=state.optimizer.param_groups[0]["lr"],
+        losses=losses,
+        test_top1=round(float(top1), 4),
+        seconds=round(seconds + timer() - tick, 3),
+        phase=segment.name,
+    )
+    state.curve.append(record)
+    if not all(math.isfinite(v) for v in losses.values()):
+        return None
+    checkpoint = run.work_dir / CHECKPOINT_NAME
+    atomic_torch_save(state.checkpoint(position), checkpoint, run.work_dir / PREVIOUS_CHECKPOINT_NAME)
+    observer.notify("kdbench_epoch_end", run=run, epoch=record)
+    return record
+
+
+def finish_run(run: RunInfo, state: RunState, status: str, final_extras: Mapping[str, Any] | None) -> RunResult:
+    """Write the final weights of a finished run (keeping any earlier ones); return its result."""
     if status == "finished":
         final = {"arch": state.student_name, **(final_extras or {}), "model": state.student.state_dict()}
         atomic_torch_save(final, run.work_dir / FINAL_NAME, run.work_dir / PREVIOUS_FINAL_NAME)
     return _result(state.curve, status, state.distiller.extra_parameter_count())
 
 
-def _resume(state: RunState, checkpoint: Path, previous: Path) -> None:
-    """Resume ``state`` from its latest checkpoint, or from the one before if the latest is unreadable."""
+def resume_state(state: RunState, work_dir: Path) -> None:
+    """Resume ``state`` from its latest checkpoint in ``work_dir`` (or the one before, if the latest is unreadable)."""
+    checkpoint, previous = work_dir / CHECKPOINT_NAME, work_dir / PREVIOUS_CHECKPOINT_NAME
     if not checkpoint.exists():
         if previous.exists():  # a crash between the two renames of a checkpoint write
             state.resume(previous)

@@ -30,7 +30,7 @@ from torch import nn
 
 from kdbench.errors import KdbenchError
 
-__all__ = ["SIGNALS", "FeatureCapture", "FeatureTaps", "Signals"]
+__all__ = ["SIGNALS", "FeatureCapture", "FeatureTaps", "Signals", "restrict_signals"]
 
 #: Every signal a distiller can request from a model.
 SIGNALS = frozenset({"logits", "feats", "preact", "embedding", "pooled_map"})
@@ -218,6 +218,21 @@ class FeatureCapture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def restrict_signals(signals: Signals, wanted: Iterable[str]) -> Signals:
+    """Return ``signals`` with only the ``wanted`` ones readable: what a capture of ``wanted`` alone gives.
+
+    (One teacher pass captures what every run of a cohort asks for; each run sees its own part.)
+    """
+    wanted = frozenset(wanted)
+    return Signals(
+        logits=signals.logits,
+        feats=signals.feats if "feats" in wanted else _NotRequested("feats"),
+        preact=signals.preact if "preact" in wanted else _NotRequested("preact"),
+        embedding=signals.embedding if "embedding" in wanted else None,
+        pooled_map=signals.pooled_map if "pooled_map" in wanted else None,
+    )
 
 
 def feature_parameters(model: nn.Module) -> list[nn.Parameter]:

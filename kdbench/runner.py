@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from torch import nn
 
 import kdbench
 from kdbench._plugins import PluginHost
-from kdbench.augment import normalize
+from kdbench.augment import normalize, num_views
+from kdbench.cohort import CohortMember, train_cohort
+from kdbench.distiller import Distiller
 from kdbench.engine import (
     CHECKPOINT_NAME,
     FINAL_NAME,
@@ -44,6 +46,7 @@ from kdbench.engine import (
     train,
 )
 from kdbench.errors import CheckpointError, KdbenchError, PluginError, ResultsStoreError
+from kdbench.features import SIGNALS
 from kdbench.files import atomic_write_text
 from kdbench.locks import RunLock
 from kdbench.plan import (
@@ -69,7 +72,9 @@ from kdbench.pruning import (
 )
 from kdbench.records import RunInfo, RunResult
 from kdbench.results import RESULT_FILE, RESULT_STATUSES, ResultsStore, read_result_file
+from kdbench.schedule import MethodTraits, Schedule, ScheduleOptions, TableCost, make_schedule
 from kdbench.specs import DatasetSpec, ImageData, SuiteSpec
+from kdbench.table import TeacherTable, build_table, table_key, weights_digest
 from kdbench.weights import create_model
 
 __all__ = [
@@ -79,11 +84,14 @@ __all__ = [
     "SuiteReport",
     "Workspace",
     "data_digest",
+    "execute_cohort",
     "execute_run",
     "kdbench_source",
+    "method_traits",
     "pending_runs",
     "run_plan",
     "run_suite",
+    "schedule_runs",
     "stored_results",
     "train_state",
 ]
@@ -107,6 +115,8 @@ class RunnerOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
     teacher_overrides: dict[str, str] = field(default_factory=dict)
     latency_batch_sizes: tuple[int, ...] = (1, 256)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    """Cohorts and teacher tables (how runs execute; never what they compute)."""
 
 
 def _git(source: Path, *args: str) -> str:
@@ -160,6 +170,10 @@ class Workspace:
         self._teachers: dict[WeightsRef, TrainedModel] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._provenance: dict[str, dict[str, Any]] = {}
+        self._device_data: dict[str, ImageData] = {}
+        self._tables: dict[tuple[WeightsRef, str], TeacherTable] = {}
+        self._sizes: dict[tuple[str, str], int] = {}
+        self.schedule = Schedule()
         self.commit, source = kdbench_source()
         self.versions = {**_versions(host), "kdbench_source": source}
         self.device_name = device_name(self.device)
@@ -175,6 +189,52 @@ class Workspace:
             self._data[name] = data
             self._provenance[name] = {"digest": data_digest(data), "verified": data.verified}
         return self._data[name]
+
+    def device_data(self, name: str) -> ImageData:
+        """Return dataset ``name`` on the training device, moved once per process (runs of a cohort share it)."""
+        if name not in self._device_data:
+            data = self.data(name)
+            self._device_data[name] = ImageData(
+                train_images=data.train_images.to(self.device),
+                train_labels=data.train_labels.to(self.device),
+                test_images=data.test_images.to(self.device),
+                test_labels=data.test_labels.to(self.device),
+                verified=data.verified,
+            )
+        return self._device_data[name]
+
+    def method_traits(self, method: str) -> MethodTraits:
+        """Return whether method ``method`` can train in a cohort and what it reads of the teacher."""
+        return method_traits(self.host.distillers.get(method).builder)
+
+    def table_cost(self, run: TrainRun) -> TableCost:
+        """Return the size of the teacher table ``run`` would read (views per image, bytes)."""
+        spec, data = self.dataset(run.dataset), self.data(run.dataset)
+        views = num_views(spec.augment.pad, spec.augment.flip)
+        return TableCost(views, views * data.train_images.shape[0] * spec.num_classes * 4)
+
+    def member_bytes(self, run: TrainRun) -> int:
+        """Return what a run holds in a cohort besides activations: weights, gradients, momentum (×4 as slack)."""
+        key = (run.dataset, _base_arch(run.model))
+        if key not in self._sizes:
+            model = create_model(key[1], self.dataset(run.dataset).num_classes, host=self.host)
+            self._sizes[key] = sum(p.numel() for p in model.parameters()) * 4 * 4
+        return self._sizes[key]
+
+    def table(self, run: TrainRun) -> TeacherTable:
+        """Return the table of ``run``'s teacher on its dataset, opened or built once (teacher cache)."""
+        assert run.teacher is not None
+        key = (run.teacher, run.dataset)
+        if key not in self._tables:
+            teacher, data, spec = (
+                self.teacher(run.teacher, run.dataset),
+                self.data(run.dataset),
+                self.dataset(run.dataset),
+            )
+            name = table_key(weights_digest(teacher.module), self._provenance[run.dataset]["digest"], spec)
+            root = self.options.teacher_root / "tables"
+            self._tables[key] = build_table(teacher.module, data.train_images, spec, root, name, device=self.device)
+        return self._tables[key]
 
     def weights_file(self, ref: WeightsRef, missing: str = "it must finish first") -> str | Path:
         """Return what ``create_model(weights=…)`` reads for ``ref``; a run's weights must exist already."""
@@ -231,8 +291,18 @@ class Workspace:
             environment["data"] = dict(self._provenance[dataset])
         return environment
 
-    def record(self, suite: str, run: PlannedRun, result: RunResult, profile: dict[str, Any] | None) -> dict[str, Any]:
-        """Return the result record of ``run`` (the store's row, complete with provenance)."""
+    def record(
+        self,
+        suite: str,
+        run: PlannedRun,
+        result: RunResult,
+        profile: dict[str, Any] | None,
+        execution: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Return the result record of ``run`` (the store's row, complete with provenance).
+
+        ``execution`` (how it ran: its cohort's size, the teacher table it read) goes into its environment.
+        """
         return {
             "run_id": run.run_id,
             "suite": suite,
@@ -255,12 +325,28 @@ class Workspace:
             ],
             "profile": profile,
             "wall_seconds": round(result.wall_seconds, 3),
-            "versions": self.environment(run.dataset),
+            "versions": {**self.environment(run.dataset), **({"execution": execution} if execution else {})},
             "device": self.device_name,
             "git_commit": self.commit,
             "error": result.error,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def method_traits(builder: Any) -> MethodTraits:
+    """Return what a distiller builder's class says of lockstep training and teacher signals.
+
+    A builder that is a :class:`~kdbench.Distiller` subclass (or a ``functools.partial`` of one)
+    is read from its class: lockstep when it overrides neither ``prepare_batch`` nor ``phases``.
+    Any other builder is taken as not lockstep (it trains alone, which is always exact).
+    """
+    while isinstance(builder, functools.partial):
+        builder = builder.func
+    if not (isinstance(builder, type) and issubclass(builder, Distiller)):
+        return MethodTraits(lockstep=False, teacher_signals=SIGNALS)
+    lockstep = builder.prepare_batch is Distiller.prepare_batch and builder.phases is Distiller.phases
+    signals = builder.teacher_signals if builder.signals is Distiller.signals else SIGNALS
+    return MethodTraits(lockstep=lockstep, teacher_signals=frozenset(signals))
 
 
 def _base_arch(arch: str) -> str:
@@ -327,6 +413,7 @@ def train_state(run: TrainRun, workspace: Workspace) -> tuple[RunState, dict[str
     Also returns what the final weights need beside them (a derived student's pruned architecture).
     """
     teacher = workspace.teacher(run.teacher, run.dataset) if run.teacher else None
+    table = workspace.table(run) if run.run_id in workspace.schedule.table_runs else None
     student, extras = _initial_student(run, workspace)
     spec = workspace.host.distillers.get(run.method)
     state = RunState(
@@ -336,10 +423,11 @@ def train_state(run: TrainRun, workspace: Workspace) -> tuple[RunState, dict[str
         run.recipe,
         run.seed,
         workspace.dataset(run.dataset),
-        workspace.data(run.dataset),
+        workspace.device_data(run.dataset),
         _options(workspace),
         student_name=run.model,
         identity=run.to_config(),
+        teacher_table=table,
     )
     return state, extras
 
@@ -348,9 +436,14 @@ def _train(run: TrainRun, workspace: Workspace) -> Outcome:
     state, extras = train_state(run, workspace)
     label = f"{run.method}:{run.model} s{run.seed}"
     result = train(_info(run, workspace), state, workspace.host, extras, label=label)
-    if extras is None:
-        return result, workspace.registry_profile(run.model, run.dataset, result.extra_params)
-    return result, workspace.profile(state.student, run.dataset, result.extra_params)
+    return result, _student_profile(run, state, workspace, result.extra_params)
+
+
+def _student_profile(run: TrainRun, state: RunState, workspace: Workspace, extra_params: int) -> dict[str, Any]:
+    """Return the profile of a trained student: its registered architecture's, or (derived) its own."""
+    if run.init is None:
+        return workspace.registry_profile(run.model, run.dataset, extra_params)
+    return workspace.profile(state.student, run.dataset, extra_params)
 
 
 def _calibration_batches(
@@ -448,8 +541,30 @@ def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: Result
         raise
     except Exception as exc:  # isolate the failure: record it, let the suite go on
         result = RunResult(status="failed", error=_error_text(exc))
-    record = workspace.record(suite, run, result, profile)
+    return _conclude(run, result, profile, workspace, suite, store, _execution(run, workspace, 1))
+
+
+def _execution(run: PlannedRun, workspace: Workspace, cohort: int) -> dict[str, Any] | None:
+    """Return how ``run`` executed, for its record: its cohort's size and the teacher table it read (if any)."""
+    execution: dict[str, Any] = {"cohort": cohort} if cohort > 1 else {}
+    if isinstance(run, TrainRun) and run.run_id in workspace.schedule.table_runs and run.teacher is not None:
+        execution["teacher_table"] = workspace.table(run).path.stem
+    return execution or None
+
+
+def _conclude(
+    run: PlannedRun,
+    result: RunResult,
+    profile: dict[str, Any] | None,
+    workspace: Workspace,
+    suite: str,
+    store: ResultsStore | None,
+    execution: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Write the record of a run that ended (run directory, store), drop its resume checkpoints, notify."""
+    record = workspace.record(suite, run, result, profile, execution)
     info = _info(run, workspace)
+    info.work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(info.work_dir / RESULT_NAME, json.dumps(record, sort_keys=True, indent=1) + "\n")
     if store is not None:
         store.put(record)
@@ -461,6 +576,42 @@ def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: Result
     except PluginError as exc:  # the result is recorded: an observer's failure must not stop the suite
         print(f"kdbench: warning: run {run.run_id}: {exc} (its result is stored)", file=sys.stderr)
     return record
+
+
+def execute_cohort(
+    runs: Sequence[TrainRun], workspace: Workspace, suite: str, store: ResultsStore | None = None
+) -> list[dict[str, Any]]:
+    """Train ``runs`` (one teacher, seed, dataset and recipe) as a cohort; return their records, in order.
+
+    Each member is built as for a solo run (global RNG seeded right before its student), so
+    each ends with its solo numbers; one that fails to build, raises or diverges does not
+    stop the others. Records, run directories and notifications are as :func:`execute_run`'s.
+    """
+    members: list[tuple[TrainRun, CohortMember]] = []
+    outcomes: dict[str, RunResult | BaseException] = {}
+    for run in runs:
+        try:
+            state, extras = train_state(run, workspace)
+            members.append((run, CohortMember(_info(run, workspace), state, extras)))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            outcomes[run.run_id] = exc
+    if members:
+        trained = train_cohort([member for _, member in members], workspace.host)
+        outcomes.update({run.run_id: outcome for (run, _), outcome in zip(members, trained)})
+    states = {run.run_id: member.state for run, member in members}
+    records = []
+    for run in runs:
+        outcome, profile = outcomes[run.run_id], None
+        if isinstance(outcome, BaseException):
+            result = RunResult(status="failed", error=_error_text(outcome))
+        else:
+            result = outcome
+            profile = _student_profile(run, states[run.run_id], workspace, result.extra_params)
+        execution = _execution(run, workspace, len(runs))
+        records.append(_conclude(run, result, profile, workspace, suite, store, execution))
+    return records
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,22 +699,36 @@ class _Walk:
         waiting = {run.run_id for run in self.waiting}
         return [run for run in self.waiting if not any(needed in waiting for needed in run.requires)]
 
-    def step(self, blocking: bool) -> PlannedRun | None:
-        """Settle one ready run whose lock is free (or wait for the first one's); return it, or None."""
+    def step(self, blocking: bool) -> list[PlannedRun]:
+        """Settle one ready run whose lock is free (or wait for the first one's) with the ready runs of its
+        cohort whose locks are free; return them (empty: nothing was ready)."""
         for run in self.ready():
             blocked = next((needed for needed in run.requires if needed in self.unusable), None)
             if blocked is not None:
                 self._blocked(run, blocked)
-                return run
+                return [run]
             lock = RunLock(self.work_root / run.run_id)
             if not lock.acquire(blocking=blocking):
                 continue  # another driver is on it: come back later
+            group = [(run, lock), *self._cohort_mates(run)]
             try:
-                self._settle(run)
+                self._settle([member for member, _ in group])
             finally:
-                lock.release()
-            return run
-        return None
+                for _, member_lock in group:
+                    member_lock.release()
+            return [member for member, _ in group]
+        return []
+
+    def _cohort_mates(self, run: PlannedRun) -> list[tuple[PlannedRun, RunLock]]:
+        """Return the other ready runs of ``run``'s cohort that no run failure blocks, with their locks taken."""
+        cohort = set(self.workspace.schedule.cohort_of(run.run_id)) - {run.run_id}
+        mates = []
+        for mate in self.ready():
+            if mate.run_id in cohort and not any(needed in self.unusable for needed in mate.requires):
+                lock = RunLock(self.work_root / mate.run_id)
+                if lock.acquire(blocking=False):
+                    mates.append((mate, lock))
+        return mates
 
     def _blocked(self, run: PlannedRun, needed: str) -> None:
         result = RunResult(status="failed", error=f"needed run {needed} failed: {self.unusable[needed]}")
@@ -572,16 +737,24 @@ class _Walk:
         self.waiting_on.setdefault(root, []).append(run.run_id)
         self._done(run, "failed", result.error, count=False)
 
-    def _settle(self, run: PlannedRun) -> None:
-        """Execute ``run`` (its lock held), unless another driver settled it meanwhile."""
-        record = self._settled_elsewhere(run)
-        if record is None:
-            record = execute_run(run, self.workspace, self.plan.suite.name, self.store)
+    def _settle(self, runs: list[PlannedRun]) -> None:
+        """Execute ``runs`` (their locks held; several: a cohort), except those another driver settled meanwhile."""
+        todo = []
+        for run in runs:
+            record = self._settled_elsewhere(run)
+            if record is None:
+                todo.append(run)
+                continue
+            self.store.put(record)
+            self.outcome["elsewhere"].append(run.run_id)
+            self._done(run, record["status"], record["error"], count=False)
+        suite = self.plan.suite.name
+        if len(todo) > 1:
+            records = execute_cohort(todo, self.workspace, suite, self.store)  # type: ignore[arg-type]
+        else:
+            records = [execute_run(run, self.workspace, suite, self.store) for run in todo]
+        for run, record in zip(todo, records):
             self._done(run, record["status"], record["error"])
-            return
-        self.store.put(record)
-        self.outcome["elsewhere"].append(run.run_id)
-        self._done(run, record["status"], record["error"], count=False)
 
     def _settled_elsewhere(self, run: PlannedRun) -> dict[str, Any] | None:
         """Return the record another process left for ``run`` since this walk started (a result or a failure)."""
@@ -603,6 +776,25 @@ class _Walk:
             self.outcome["failed" if status == "failed" else status].append(
                 (run.run_id, error) if status == "failed" else run.run_id
             )
+
+
+def schedule_runs(runs: Sequence[PlannedRun], workspace: Workspace, data_loaded: bool = True) -> Schedule:
+    """Return how ``runs`` execute under the workspace's schedule options (cohorts, teacher tables).
+
+    Teacher tables hold fp32 logits, so bf16 training reads none. Without ``data_loaded`` (a dry
+    run) a table's size is not known and only its views count.
+    """
+    options = workspace.options.schedule
+    if workspace.options.engine.bf16 and options.teacher_table != "off":
+        options = replace(options, teacher_table="off")
+
+    def table_cost(run: TrainRun) -> TableCost:
+        if data_loaded:
+            return workspace.table_cost(run)
+        augment = workspace.dataset(run.dataset).augment
+        return TableCost(num_views(augment.pad, augment.flip), 0)
+
+    return make_schedule(runs, workspace.method_traits, options, workspace.member_bytes, table_cost)
 
 
 def _import_run_directories(plan: Plan, store: ResultsStore, work_root: Path) -> tuple[str, ...]:
@@ -637,6 +829,7 @@ def run_plan(
     workspace = Workspace(host, options)
     for dataset in dict.fromkeys(run.dataset for run in pending):
         workspace.data(dataset)
+    workspace.schedule = schedule_runs(pending, workspace)
     pending_ids = {run.run_id for run in pending}
     walk = _Walk(plan, workspace, store, pending)
     from tqdm.auto import tqdm
@@ -645,13 +838,14 @@ def run_plan(
         total=len(pending), desc=f"suite {plan.suite.name}", unit="run", disable=not options.engine.progress
     ) as bar:
         while walk.waiting:
-            run = walk.step(blocking=False) or walk.step(blocking=True)
-            if run is None:  # pragma: no cover - every waiting run has a ready ancestor
+            settled = walk.step(blocking=False) or walk.step(blocking=True)
+            if not settled:  # pragma: no cover - every waiting run has a ready ancestor
                 raise KdbenchError(f"plan {plan.suite.name}: runs {[r.run_id for r in walk.waiting]} can never run")
-            bar.update(1)
-            bar.set_postfix_str(run.label)
-            if on_run:
-                on_run(run, walk.status[run.run_id])
+            for run in settled:
+                bar.update(1)
+                bar.set_postfix_str(run.label)
+                if on_run:
+                    on_run(run, walk.status[run.run_id])
     return SuiteReport(
         skipped=tuple(run.run_id for run in plan if run.run_id not in pending_ids),
         finished=tuple(walk.outcome["finished"]),

@@ -30,11 +30,11 @@ LAYERS: dict[str, int] = {
         0,
     ),
     **dict.fromkeys(["_plugins", "_api"], 1),
-    "plan": 2,
+    **dict.fromkeys(["plan", "schedule"], 2),
     "profile": 3,
     "pruning": 4,
     "weights": 5,
-    "engine": 6,
+    **dict.fromkeys(["engine", "cohort", "table"], 6),
     "results": 7,
     "runner": 8,
     **dict.fromkeys(["publish", "leaderboard", "plots", "reports"], 9),
@@ -42,11 +42,14 @@ LAYERS: dict[str, int] = {
 }
 #: Modules that never import torch, the engine or the runner at import time (what boards and --check load).
 TORCH_FREE = {"errors", "files", "locks", "specs", "suites", "records", "hookspecs", "derived", "_plugins", "_api",
-              "plan", "results", "publish", "leaderboard", "plots", "reports", "cli", "__init__"}  # fmt: skip
+              "plan", "schedule", "results", "publish", "leaderboard", "plots", "reports", "cli",
+              "__init__"}  # fmt: skip
 #: Publishing renders from files: never from the engine, runner, weights or pruning, even lazily.
 NEVER = {"publish": {"engine", "runner", "weights", "pruning", "profile"}}
-NEVER |= {name: NEVER["publish"] for name in ("leaderboard", "plots", "reports", "plan", "results")}
-NEVER["engine"] = {"runner", "plan", "publish", "_plugins", "_api", "cli"}  # built objects in: no registry, no plan
+NEVER |= {name: NEVER["publish"] for name in ("leaderboard", "plots", "reports", "plan", "schedule")}
+NEVER["results"] = NEVER["publish"]
+NEVER["engine"] = {"runner", "plan", "schedule", "publish", "_plugins", "_api", "cli"}  # built objects in: no plan
+NEVER |= {name: NEVER["engine"] for name in ("cohort", "table")}
 
 
 def _module_name(path: Path) -> str:

@@ -51,12 +51,14 @@ def _finish(*args: str) -> None:
 def _wait_for_epoch(checkpoint: Path, epoch: int, process: subprocess.Popen, timeout: float = 120) -> int:
     deadline, seen = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
-        if stamp != seen:
-            seen = stamp
-            reached = int(torch.load(checkpoint, weights_only=True)["epoch"])
-            if reached >= epoch:
-                return reached
+        try:  # a checkpoint write renames the latest away before the new one takes its name: retry then
+            stamp = checkpoint.stat().st_mtime_ns
+            reached = int(torch.load(checkpoint, weights_only=True)["epoch"]) if stamp != seen else -1
+        except (FileNotFoundError, RuntimeError, EOFError):
+            stamp, reached = 0, -1
+        seen = stamp
+        if reached >= epoch:
+            return reached
         assert process.poll() is None, process.stdout.read().decode()
         time.sleep(0.02)
     raise AssertionError("the run never reached the epoch to kill it at")
