@@ -100,6 +100,9 @@ def _execution_options() -> argparse.ArgumentParser:
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     group.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     group.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+    group.add_argument(
+        "--fused-sgd", action="store_true", help="fused SGD kernel (CUDA; same formula, last-bit rounding differs)"
+    )
     group.add_argument("--data-root", type=Path, default=Path(os.environ.get("KDBENCH_DATA", "data")))
     group.add_argument("--download", action="store_true", help="download datasets that are missing")
     group.add_argument("--teacher-root", type=Path, default=Path("teachers"), help="where teacher checkpoints live")
@@ -372,6 +375,7 @@ def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
         device=_device(args.device),
         bf16=args.bf16,
         channels_last=args.channels_last,
+        fused_sgd=args.fused_sgd,
         progress=not args.no_progress,
     )
     schedule = ScheduleOptions(

@@ -40,7 +40,7 @@ from kdbench.errors import KdbenchError
 from kdbench.features import FeatureCapture, Signals, restrict_signals
 from kdbench.records import RunInfo, RunResult
 
-__all__ = ["CohortMember", "lockstep_refusal", "train_cohort"]
+__all__ = ["CohortMember", "lockstep_refusal", "train_cohort", "train_cohort_epoch"]
 
 
 def lockstep_refusal(distiller: Distiller) -> str:
@@ -211,6 +211,21 @@ def _train_epoch(epoch: _Epoch) -> tuple[dict[int, dict[str, torch.Tensor]], flo
         epoch.close()
     means = {key: {name: total / draw.steps for name, total in sums.items()} for key, sums in epoch.sums.items()}
     return means, shared[0]
+
+
+def train_cohort_epoch(
+    members: Sequence[CohortMember], position: int
+) -> tuple[list[dict[str, torch.Tensor] | BaseException], float]:
+    """Train global epoch ``position`` of every member in lockstep, without checkpoints or tests.
+
+    Returns each member's mean loss terms (device tensors, no host sync) or its error, and the
+    seconds of the shared work (data and teacher). :func:`train_cohort` is this plus everything
+    around an epoch; the benchmarks time this alone.
+    """
+    _check_shared(members)
+    epoch = _Epoch(list(members), position)
+    means, shared = _train_epoch(epoch)
+    return [epoch.failures.get(id(m)) or means[id(m)] for m in members], shared
 
 
 def _member_step(epoch: _Epoch, member: CohortMember, step: int, batch: Any, teacher: Signals | None) -> None:

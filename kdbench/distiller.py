@@ -134,6 +134,8 @@ class OptimizerSettings:
     momentum: float
     weight_decay: float
     nesterov: bool
+    fused: bool = False
+    """Use the fused SGD kernel (``--fused-sgd``, CUDA): same formula, different rounding."""
 
 
 class Distiller(nn.Module):
@@ -200,6 +202,7 @@ class Distiller(nn.Module):
             momentum=settings.momentum,
             weight_decay=settings.weight_decay,
             nesterov=settings.nesterov,
+            fused=settings.fused or None,
         )
 
     def step(self, terms: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:

@@ -98,10 +98,14 @@ class EngineOptions:
     bf16: bool = False
     channels_last: bool = False
     progress: bool = False
+    fused_sgd: bool = False
+    """One fused kernel per SGD step: the same update formula, rounded differently (FMA; 1 ulp after a step)."""
 
     def __post_init__(self) -> None:
-        if (self.bf16 or self.channels_last) and self.device.type != "cuda":
-            raise KdbenchError("--bf16 and --channels-last are CUDA switches; drop them or use --device cuda")
+        if (self.bf16 or self.channels_last or self.fused_sgd) and self.device.type != "cuda":
+            raise KdbenchError(
+                "--bf16, --channels-last and --fused-sgd are CUDA switches; drop them or use --device cuda"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +378,7 @@ class RunState:
                 momentum=self.recipe.momentum,
                 weight_decay=self.recipe.weight_decay,
                 nesterov=self.recipe.nesterov,
+                fused=self.options.fused_sgd,
             )
             if segment.phase is None:
                 parameters = [*self.student.parameters(), *self.distiller.main_parameters()]

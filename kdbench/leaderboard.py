@@ -719,6 +719,26 @@ def render_leaderboard(plan: Plan, records: Iterable[Mapping[str, Any]], reporte
     return _markdown(_Table(plan, _by_id(records)), plan.families, reported)
 
 
+def _execution_note(table: _Table) -> list[str]:
+    """Say how many runs trained in cohorts or read a teacher table, and that it is the same math."""
+    executions = [
+        table.records[run.run_id].get("versions", {}).get("execution") or {}
+        for run in table.plan
+        if run.run_id in table.records
+    ]
+    cohorts, tables = sum("cohort" in e for e in executions), sum("teacher_table" in e for e in executions)
+    if not cohorts and not tables:
+        return []
+    return [
+        f"Execution: {cohorts} runs trained in cohorts (the runs of one teacher, seed and recipe in lockstep, one "
+        f"teacher pass per step) and {tables} read their teacher's table (its logits for every train image and "
+        "view, computed once). Same math as a run alone: a cohort member's numbers equal its solo run's bitwise, "
+        "a table run's losses equal the live teacher's to 1e-5 (`tests/test_cohorts.py`); each record says how "
+        "it ran (`versions.execution`).",
+        "",
+    ]
+
+
 def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Reported]) -> str:
     suite = table.suite
     claims = _claims(reported, suite.reference) if suite.reference else {}
@@ -741,6 +761,7 @@ def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Rep
             "torchvision's CIFAR MD5s): not comparable with published numbers.",
             "",
         ]
+    lines += _execution_note(table)
     if markers:
         lines += [
             "Published claims (`paper`; Δ = ours − paper, of the rounded numbers shown, with our number under the "

@@ -326,7 +326,7 @@ class CellDelta:
     flag: str
     """``""``, ``"drift"``, ``"only A"`` or ``"only B"``."""
     environment: str = ""
-    """What differs between the environments of A's and B's runs (threads, device, torch, data), or ``""``."""
+    """What differs between the environments of A's and B's runs (threads, device, torch, data, switches), or ``""``."""
 
 
 def _cell_key(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -350,6 +350,7 @@ _ENVIRONMENT = {
     "device": lambda r: r.get("device"),
     "torch": lambda r: (r.get("versions") or {}).get("torch"),
     "data": lambda r: ((r.get("versions") or {}).get("data") or {}).get("digest"),
+    "switches": lambda r: ",".join(((r.get("versions") or {}).get("execution") or {}).get("switches", [])) or "none",
 }
 
 
@@ -443,7 +444,9 @@ def render_comparison(deltas: Sequence[CellDelta], metric: str, tolerance: float
     )
     environments = sum(bool(d.environment) for d in deltas)
     if environments:
-        summary += f"; {environments} compare runs of different environments (threads, device, torch or data)"
+        summary += (
+            f"; {environments} compare runs of different environments (threads, device, torch, data or speed switches)"
+        )
     return f"{table}\n\n{summary}\n"
 
 

@@ -547,6 +547,10 @@ def execute_run(run: PlannedRun, workspace: Workspace, suite: str, store: Result
 def _execution(run: PlannedRun, workspace: Workspace, cohort: int) -> dict[str, Any] | None:
     """Return how ``run`` executed, for its record: its cohort's size and the teacher table it read (if any)."""
     execution: dict[str, Any] = {"cohort": cohort} if cohort > 1 else {}
+    engine = workspace.options.engine
+    switches = [name for name in ("bf16", "channels_last", "fused_sgd") if getattr(engine, name)]
+    if switches:  # speed switches that change rounding (bf16 changes precision)
+        execution["switches"] = switches
     if isinstance(run, TrainRun) and run.run_id in workspace.schedule.table_runs and run.teacher is not None:
         execution["teacher_table"] = workspace.table(run).path.stem
     return execution or None

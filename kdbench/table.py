@@ -37,7 +37,7 @@ from kdbench.files import atomic_write_text
 from kdbench.locks import RunLock
 from kdbench.specs import DatasetSpec
 
-__all__ = ["TABLE_FORMAT", "TeacherTable", "build_table", "table_key", "weights_digest"]
+__all__ = ["TABLE_FORMAT", "TableLayout", "TeacherTable", "build_table", "table_key", "weights_digest"]
 
 TABLE_FORMAT = "kdbench-teacher-table-1"
 _CHUNK = 1 << 20
@@ -69,13 +69,16 @@ def table_key(teacher_digest: str, data_digest: str, dataset: DatasetSpec) -> st
 
 
 @dataclass(frozen=True, slots=True)
-class _Layout:
+class TableLayout:
+    """A table's shape: views × images × classes (float32, view-major)."""
+
     views: int
     images: int
     classes: int
 
     @property
     def floats(self) -> int:
+        """Return the number of float32 values."""
         return self.views * self.images * self.classes
 
 
@@ -90,7 +93,7 @@ def _file_sha256(path: Path) -> str:
 class TeacherTable:
     """A built table, memory-mapped; :meth:`logits` gathers a batch's rows onto the training device."""
 
-    def __init__(self, path: Path, layout: _Layout, pad: int, flip: bool, device: torch.device) -> None:
+    def __init__(self, path: Path, layout: TableLayout, pad: int, flip: bool, device: torch.device) -> None:
         self.path = path
         self.pad, self.flip = pad, flip
         self.layout = layout
@@ -115,7 +118,7 @@ class TeacherTable:
         if not meta_path.is_file() or not path.is_file():
             return None
         meta = _read_meta(meta_path)
-        layout = _Layout(meta["views"], meta["images"], meta["classes"])
+        layout = TableLayout(meta["views"], meta["images"], meta["classes"])
         if path.stat().st_size != layout.floats * 4 or _file_sha256(path) != meta["sha256"]:
             raise CheckpointError(f"teacher table {path} does not match its digest in {meta_path.name}; delete both")
         return cls(path, layout, meta["pad"], meta["flip"], device)
@@ -190,7 +193,7 @@ def _build_locked(
     was_training = teacher.training
     teacher.eval()
     probe = teacher(normalize(images[:2].to(device), dataset.mean, dataset.std))
-    layout = _Layout(num_views(augment.pad, augment.flip), images.shape[0], probe.shape[1])
+    layout = TableLayout(num_views(augment.pad, augment.flip), images.shape[0], probe.shape[1])
     partial, progress_path = root / f"{key}.partial", root / f"{key}.partial.json"
     done, seconds = _partial_progress(progress_path, partial, layout)
     mode = "r+" if done else "w+"
@@ -223,7 +226,7 @@ def _build_locked(
     return TeacherTable(root / f"{key}.f32", layout, augment.pad, augment.flip, device)
 
 
-def _partial_progress(progress_path: Path, partial: Path, layout: _Layout) -> tuple[int, float]:
+def _partial_progress(progress_path: Path, partial: Path, layout: TableLayout) -> tuple[int, float]:
     """Return (views done, seconds spent) of an interrupted build that fits ``layout``; (0, 0) to start afresh."""
     try:
         progress = json.loads(progress_path.read_text(encoding="utf-8"))

@@ -32,7 +32,7 @@ COHORT_SUITE = """
 name = "cohort-digits"
 description = "eight methods of one pair, for cohort tests"
 dataset = "digits"
-distillers = ["kd", "dkd", "at", "fitnet", "rkd", "pkt", "sp", "crd", "sskd"]
+distillers = ["kd", "dkd", "at", "fitnet", "rkd", "pkt", "sp", "crd", "mlkd"]
 seeds = [0]
 epoch_rule = "last"
 
@@ -90,7 +90,7 @@ def test_a_cohort_of_eight_methods_stores_each_members_solo_numbers(solo, tmp_pa
         assert _numbers(record) == _numbers(alone[run_id]), record["config"]["distiller"]
     cohorts = {r["config"]["distiller"]: (r["versions"].get("execution") or {}) for r in together.values()}
     assert {m for m, e in cohorts.items() if e.get("cohort") == 8} == set(EIGHT)
-    assert cohorts["sskd"] == {} and cohorts["vanilla"] == {}  # its own views: it trains alone
+    assert cohorts["mlkd"] == {} and cohorts["vanilla"] == {}  # its own views: it trains alone
     assert "10 finished" in capsys.readouterr().out
 
 
@@ -144,7 +144,7 @@ def test_a_member_that_raises_leaves_the_others_exact(solo, tmp_path: Path, fake
         },
     )
     suite = tmp_path / "cohort.toml"
-    suite.write_text(COHORT_SUITE.replace('"crd", "sskd"', '"crd", "broken", "scribbler"'), encoding="utf-8")
+    suite.write_text(COHORT_SUITE.replace('"crd", "mlkd"', '"crd", "broken", "scribbler"'), encoding="utf-8")
     args = ["run", "--suite", str(suite), "--results", str(tmp_path / "r.sqlite"), "--work-dir", str(tmp_path / "w")]
     args += ["--teacher-root", str(tmp_path / "t"), "--no-progress", "--latency-batch-sizes", "1"]
     assert main([*args, "--teacher-table", "off"]) == 1
@@ -173,6 +173,10 @@ def test_a_cohort_killed_mid_epoch_resumes_every_member_exactly(tmp_path: Path) 
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "r.sqlite").exists() or len(_records(tmp_path / "r.sqlite")) < len(reference)
+    cut = [
+        d for d in (tmp_path / "runs").iterdir() if (d / "checkpoint.pt").exists() and not (d / "result.json").exists()
+    ]
+    assert len(cut) >= 2  # cohort members caught between epochs, to be resumed
     resumed = _run(tmp_path, suite, "--teacher-table", "off")
     assert set(resumed) == set(reference)
     for run_id, record in resumed.items():
@@ -220,8 +224,8 @@ def test_cohorts_group_one_teacher_seed_and_recipe_and_leave_own_view_methods_al
     for cohort in schedule.cohorts:
         members = [runs[run_id] for run_id in cohort]
         assert {m.method for m in members} == set(EIGHT) and len({m.seed for m in members}) == 1
-    sskd = next(run for run in plan if isinstance(run, TrainRun) and run.method == "sskd")
-    assert schedule.cohort_of(sskd.run_id) == (sskd.run_id,) and schedule.describe(sskd.run_id) == "alone"
+    mlkd = next(run for run in plan if isinstance(run, TrainRun) and run.method == "mlkd")
+    assert schedule.cohort_of(mlkd.run_id) == (mlkd.run_id,) and schedule.describe(mlkd.run_id) == "alone"
 
 
 def test_cohort_size_and_memory_budget_split_cohorts(host) -> None:
@@ -257,3 +261,65 @@ def test_method_traits_come_from_the_distiller_class(host) -> None:
     assert method_traits(lambda student, teacher, context: None) == MethodTraits(
         False, method_traits(None).teacher_signals
     )
+
+
+# --- the teacher table ---------------------------------------------------------------------------------------------
+
+
+def _digits_teacher(host):
+    import torch
+
+    torch.manual_seed(0)
+    model = kdbench.create_model("digits_cnn_s", 10, host=host).eval()
+    spec = host.datasets.get("digits")
+    return model, spec, spec.loader(Path("."), False)
+
+
+def test_table_rows_are_the_teachers_logits_of_each_view(host, tmp_path: Path) -> None:
+    import torch
+
+    from kdbench.augment import apply_views, draw_views, normalize
+    from kdbench.table import build_table
+
+    model, spec, data = _digits_teacher(host)
+    table = build_table(model, data.train_images, spec, tmp_path, "k", batch_size=200)
+    generator = torch.Generator().manual_seed(3)
+    indices = torch.randperm(data.train_images.shape[0], generator=generator)[:64]
+    views = draw_views(64, spec.augment.pad, spec.augment.flip, generator)
+    with torch.no_grad():
+        live = model(normalize(apply_views(data.train_images[indices], views, spec.augment.pad), spec.mean, spec.std))
+    torch.testing.assert_close(table.logits(indices, views), live, rtol=1e-5, atol=1e-6)
+
+
+def test_an_interrupted_table_build_resumes_and_a_damaged_table_is_refused(host, tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from kdbench.errors import CheckpointError
+    from kdbench.table import TeacherTable, build_table
+
+    model, spec, data = _digits_teacher(host)
+    calls = {"n": 0}
+
+    def failing_forward(module, inputs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the probe, then views 0, 1, 2 (one chunk each): killed in view 3
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(failing_forward)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(model, data.train_images, spec, tmp_path / "a", "k", batch_size=2000)
+    handle.remove()
+    assert json.loads((tmp_path / "a" / "k.partial.json").read_text())["views_done"] == 3
+    resumed = build_table(model, data.train_images, spec, tmp_path / "a", "k", batch_size=2000)
+    whole = build_table(model, data.train_images, spec, tmp_path / "b", "k", batch_size=2000)
+    assert torch.equal(resumed.values, whole.values) and not (tmp_path / "a" / "k.partial.json").exists()
+    meta = json.loads((tmp_path / "a" / "k.json").read_text())
+    assert (meta["views"], meta["images"], meta["classes"]) == (9, 1438, 10) and meta["build_seconds"] > 0
+    path = tmp_path / "a" / "k.f32"
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"k\.f32 does not match its digest"):
+        TeacherTable.open(tmp_path / "a", "k", torch.device("cpu"))

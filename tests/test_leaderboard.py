@@ -609,3 +609,16 @@ def test_every_setting_a_suite_gives_a_method_is_listed(host, similar) -> None:
         "- `dkd` alpha = 3.0, beta = 6.0, ce_weight = 2.0, logit_clamp = 10.0, warmup_first_epoch = 0 on every pair"
         in text
     )
+
+
+def test_runs_from_cohorts_and_tables_are_counted_and_said_to_be_the_same_math(similar) -> None:
+    _, plan = similar
+    records = _records(plan, lambda run: 70.0 if run.role == "student" else 90.0)
+    assert "Execution:" not in render_leaderboard(plan, records)
+    students = [r for r in records if r["kind"] == "student"]
+    for record in students[:5]:
+        record["versions"]["execution"] = {"cohort": 5}
+    students[0]["versions"]["execution"]["teacher_table"] = "abc"
+    text = render_leaderboard(plan, records)
+    assert "Execution: 5 runs trained in cohorts" in text and "and 1 read their teacher's table" in text
+    assert "Same math as a run alone" in text

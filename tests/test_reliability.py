@@ -316,6 +316,10 @@ def test_compare_names_cells_whose_environment_differs(tmp_path: Path, capsys: p
         "environment differs" in out and "threads 1 vs 2" in out and "5 compare runs of different environments" in out
     )
     assert main(["compare", str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl"), "--fail-on", "environment"]) == 1
+    fast = [{**r, "versions": {**r["versions"], "execution": {"switches": ["bf16", "channels_last"]}}} for r in one]
+    (tmp_path / "fast.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fast), encoding="utf-8")
+    assert main(["compare", str(tmp_path / "one.jsonl"), str(tmp_path / "fast.jsonl"), "--fail-on", "environment"]) == 1
+    assert "switches none vs bf16,channels_last" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
