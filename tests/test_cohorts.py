@@ -185,12 +185,12 @@ def test_a_cohort_killed_mid_epoch_resumes_every_member_exactly(tmp_path: Path) 
 
 def test_a_generated_cifar100_cohort_equals_its_solo_runs(tmp_path: Path) -> None:
     _write_fake_cifar(tmp_path / "data", "cifar100")
-    select = [arg for m in ("kd", "at", "crd") for arg in ("-k", f"{m} resnet20←resnet56 seed=0")]
+    select = [arg for m in EIGHT for arg in ("-k", f"{m} resnet20←resnet56 seed=0")]
     common = ["--suite", "cifar100-similar", "--epochs", "1", "--data-root", str(tmp_path / "data"), *select]
     alone = _run(tmp_path / "alone", common[1], *common[2:], "--cohorts", "off", "--teacher-table", "off")
     together = _run(tmp_path / "together", common[1], *common[2:], "--teacher-table", "off")
     students = [r for r in together.values() if r["kind"] == "student"]
-    assert len(students) == 3 and all(r["versions"]["execution"]["cohort"] == 3 for r in students)
+    assert len(students) == 8 and all(r["versions"]["execution"]["cohort"] == 8 for r in students)
     for run_id, record in together.items():
         assert _numbers(record) == _numbers(alone[run_id]), record["config"]["distiller"]
 
