@@ -15,6 +15,7 @@ import pluggy
 
 from kdbench import hookspecs
 from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
+from kdbench.executors import ExecutorSpec
 from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
 
 __all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginHost", "PluginInfo", "Registry", "create_plugin_host"]
@@ -32,6 +33,7 @@ REGISTRY_KINDS: dict[str, tuple[str, type]] = {
     "teachers": ("kdbench_register_teachers", TeacherSpec),
     "pruners": ("kdbench_register_pruners", PrunerSpec),
     "suites": ("kdbench_register_suites", SuiteSpec),
+    "executors": ("kdbench_register_executors", ExecutorSpec),
 }
 #: The hooks through which plugins observe runs (called by the engine and runner via ``PluginHost.notify``).
 LIFECYCLE_HOOKS = ("kdbench_run_start", "kdbench_epoch_end", "kdbench_run_end")
@@ -231,8 +233,13 @@ class PluginHost:
         """Return the suite registry."""
         return self._registries["suites"]
 
+    @property
+    def executors(self) -> Registry[ExecutorSpec]:
+        """Return the executor registry."""
+        return self._registries["executors"]
+
     def registry(self, kind: str) -> Registry[Any]:
-        """Return the registry of ``kind`` (models, distillers, datasets, teachers, pruners, suites)."""
+        """Return the registry of ``kind`` (models, distillers, datasets, teachers, pruners, suites, executors)."""
         if kind not in self._registries:
             raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(REGISTRY_KINDS)}")
         return self._registries[kind]

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers")
+LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers", "executors")
 DEFAULT_BOARDS = Path("leaderboards")
 
 
@@ -144,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run", parents=[plugins, store, teachers, selection, execution], help="train every missing run of a suite"
     )
     run.add_argument("--dry-run", action="store_true", help="print the plan without touching data")
+    scale = run.add_argument_group("executors (default: every run in this process, one after the other)")
+    scale.add_argument("--executor", metavar="NAME", help="local, slurm, ray, or a plugin's (`kdbench list executors`)")
+    scale.add_argument("--workers", type=int, help="local: processes at once (default: one per visible GPU, else 1)")
+    scale.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="tasks sharing one GPU (default 1)")
+    scale.add_argument("--retries", type=int, default=2, help="resubmissions of a task whose worker died (default 2)")
+    scale.add_argument("--no-wait", action="store_true", help="submit and return; `kdbench collect` ingests later")
+    scale.add_argument(
+        "--executor-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="executor setting, e.g. slurm_partition=gpu, slurm_time=240, ray_address=auto (repeatable)",
+    )
 
     plan = sub.add_parser(
         "plan", parents=[plugins, teachers, selection], help="write a suite's plan (typed runs, their DAG) as JSON"
@@ -156,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute one run of a plan file here; its result goes to WORK_DIR/RUN_ID/result.json",
     )
     execute.add_argument("plan", type=Path, metavar="PLAN", help="a plan file (from `kdbench plan -o`)")
-    execute.add_argument("--run", required=True, metavar="RUN_ID", help="the run's id (or a unique prefix, ≥ 4)")
+    execute.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        metavar="RUN_ID",
+        help="the run's id (or a unique prefix, ≥ 4); repeat it for a cohort (runs of one teacher, seed, recipe)",
+    )
 
     board = sub.add_parser(
         "leaderboard", parents=[plugins, store, teachers], help="render leaderboards from stored results"
@@ -405,7 +424,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.runner import run_plan
 
     with ResultsStore(args.results) as store:
-        report = run_plan(plan, host, store, options)
+        if args.executor or args.workers:
+            report = _drive(args, host, plan, store, options)
+        else:
+            report = run_plan(plan, host, store, options)
     elsewhere = f", {len(report.elsewhere)} done by another kdbench" if report.elsewhere else ""
     imported = f" ({len(report.imported)} imported from run directories)" if report.imported else ""
     print(
@@ -418,6 +440,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
         after = f" ({len(waiting)} {'run waits' if len(waiting) == 1 else 'runs wait'} on it)" if waiting else ""
         print(f"  failed {run_id}{after}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _execute_options(args: argparse.Namespace) -> list[str]:
+    """Return the options every `kdbench execute` of a driver gets: the run command's execution options."""
+    forwarded = ["--device", args.device, "--data-root", str(args.data_root), "--teacher-root", str(args.teacher_root)]
+    forwarded += ["--work-dir", str(args.work_dir), "--latency-batch-sizes", args.latency_batch_sizes, "--no-progress"]
+    for flag in ("bf16", "channels_last", "fused_sgd", "download", "strict_plugins"):
+        if getattr(args, flag):
+            forwarded.append("--" + flag.replace("_", "-"))
+    threads = args.threads
+    if threads is None and args.device == "cpu" and (args.executor or "local") == "local":
+        # Workers sharing this machine's cores: each gets its share (torch's threads thrash when oversubscribed).
+        threads = max(1, (os.cpu_count() or 1) // (args.workers or 1))
+    if threads is not None:
+        forwarded += ["--threads", str(threads)]
+    for flag in args.plugin_flags:
+        forwarded += ["-p", flag]
+    return [str(Path(value).resolve()) if value in (str(args.data_root), str(args.teacher_root), str(args.work_dir))
+            else value for value in forwarded]  # fmt: skip
+
+
+def _executor_settings(items: Sequence[str]) -> dict[str, str]:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise KdbenchError(f"--executor-option takes KEY=VALUE, got {item!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def _drive(args: argparse.Namespace, host: PluginHost, plan: Plan, store: ResultsStore, options: Any) -> Any:
+    """Run the plan through the executor the options name (``--workers`` alone means ``local``)."""
+    from kdbench.drive import DriveOptions, drive_plan
+    from kdbench.executors import ExecutorOptions
+    from kdbench.runner import Workspace
+
+    if (args.workers is not None and args.workers < 1) or args.runs_per_gpu < 1 or args.retries < 0:
+        raise KdbenchError("--workers and --runs-per-gpu take a positive integer, --retries zero or more")
+    spec = host.executors.get(args.executor or "local")
+    executor_options = ExecutorOptions(
+        workers=args.workers,
+        runs_per_gpu=args.runs_per_gpu,
+        device=args.device,
+        wait=not args.no_wait,
+        settings=_executor_settings(args.executor_option),
+    )
+    try:
+        executor = spec.builder(executor_options)
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
+        raise KdbenchError(f"executor {spec.name!r} cannot start: {exc}") from None
+    gpus = 1.0 / args.runs_per_gpu if args.device.startswith("cuda") else 0.0
+    drive = DriveOptions(
+        execute_options=tuple(_execute_options(args)), retries=args.retries, gpus_per_task=gpus, wait=not args.no_wait
+    )
+    return drive_plan(plan, Workspace(host, options), store, executor, drive)
 
 
 def _dry_run(args: argparse.Namespace, host: PluginHost, plan: Plan) -> int:
@@ -468,31 +546,56 @@ def _result_in(run_dir: Path) -> dict[str, Any] | None:
 
 def _cmd_execute(args: argparse.Namespace) -> int:
     from kdbench.locks import RunLock
-    from kdbench.runner import RESULT_NAME, Workspace, execute_run
+    from kdbench.runner import RESULT_NAME, Workspace, execute_cohort, execute_run, method_traits
+    from kdbench.schedule import Schedule, ScheduleOptions, TableCost, make_schedule
 
     plan = Plan.load(args.plan)
-    run = plan.get(args.run)
+    runs = list({run.run_id: run for run in map(plan.get, args.run)}.values())
     host = _host(args)
     options = _runner_options(args, {})
-    target = options.work_root / run.run_id / RESULT_NAME
-    for needed in run.requires:
-        if _result_in(options.work_root / needed) is None:
-            raise KdbenchError(
-                f"run {run.run_id} ({run.label}) needs run {needed}, which has no result in "
-                f"{options.work_root / needed}; execute it first"
-            )
-    with RunLock(options.work_root / run.run_id):  # another process on it: wait, then find its result
-        done = _result_in(options.work_root / run.run_id)
-        if done is not None:
-            print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
-            return 0
-        record = execute_run(run, Workspace(host, options), plan.suite.name)
-    top1 = "" if record["best_top1"] is None else f", best top-1 {record['best_top1']:.2f}"
-    print(f"run {run.run_id} ({run.label}): {record['status']}{top1} → {target}")
-    if record["status"] == "failed":
-        print(f"  {record['error']}", file=sys.stderr)
-        return 1
-    return 0
+    for run in runs:
+        for needed in run.requires:
+            if _result_in(options.work_root / needed) is None:
+                raise KdbenchError(
+                    f"run {run.run_id} ({run.label}) needs run {needed}, which has no result in "
+                    f"{options.work_root / needed}; execute it first"
+                )
+    locks = [RunLock(options.work_root / run.run_id) for run in sorted(runs, key=lambda r: r.run_id)]
+    for lock in locks:  # another process on one of them: wait, then find its result
+        lock.acquire()
+    try:
+        todo = []
+        for run in runs:
+            done = _result_in(options.work_root / run.run_id)
+            if done is None:
+                todo.append(run)
+            else:
+                target = options.work_root / run.run_id / RESULT_NAME
+                print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
+        workspace = Workspace(host, options)
+        traits = lambda method: method_traits(host.distillers.get(method).builder)  # noqa: E731
+        forced = ScheduleOptions(cohorts=False, teacher_table="on")
+        tables = make_schedule(todo, traits, forced, table_cost=lambda run: TableCost(0, 0)).table_runs
+        tables = tables if args.teacher_table == "on" else frozenset()
+        cohort = (tuple(run.run_id for run in todo),) if len(todo) > 1 else ()
+        workspace.schedule = Schedule(cohort, tables)
+        if len(todo) > 1:
+            records = execute_cohort(todo, workspace, plan.suite.name)  # type: ignore[arg-type]
+        else:
+            records = [execute_run(run, workspace, plan.suite.name) for run in todo]
+    finally:
+        for lock in locks:
+            lock.release()
+    failed = 0
+    for run, record in zip(todo, records):
+        top1 = "" if record["best_top1"] is None else f", best top-1 {record['best_top1']:.2f}"
+        print(
+            f"run {run.run_id} ({run.label}): {record['status']}{top1} → {options.work_root / run.run_id / RESULT_NAME}"
+        )
+        if record["status"] == "failed":
+            print(f"  {record['error']}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -579,6 +682,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "suites": ["suite", "dataset", "pairs", "methods", "seeds", "description", "plugin"],
         "teachers": ["teacher", "model", "dataset", "path", "reported top-1", "plugin"],
         "pruners": ["pruner", "kind", "defaults", "description", "citation", "plugin"],
+        "executors": ["executor", "description", "needs", "plugin"],
     }[args.kind]
     print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
     return 0
@@ -597,6 +701,8 @@ def _list_row(kind: str, spec: object, plugin: str) -> list[str]:
     if kind == "datasets":
         size = "×".join(map(str, spec.image_size))
         return [spec.name, str(spec.num_classes), size, spec.description, plugin]
+    if kind == "executors":
+        return [spec.name, spec.description, spec.needs, plugin]
     if kind == "suites":
         methods = ", ".join(spec.distillers)
         seeds = ",".join(map(str, spec.seeds))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from kdbench.executors import ExecutorSpec
     from kdbench.records import EpochRecord, RunInfo, RunResult
     from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
 
@@ -62,6 +63,15 @@ def kdbench_register_teachers() -> list[TeacherSpec]:
 @hookspec
 def kdbench_register_suites() -> list[SuiteSpec]:
     """Return benchmark suites (usually parsed from TOML files the plugin ships)."""
+
+
+@hookspec
+def kdbench_register_executors() -> list[ExecutorSpec]:
+    """Return executors: where and how a plan's runs are started (local processes, Slurm, Ray, …).
+
+    Each :class:`kdbench.executors.ExecutorSpec` names a builder ``builder(options)``
+    returning a :class:`kdbench.executors.Executor`; ``kdbench run --executor NAME`` uses it.
+    """
 
 
 @hookspec

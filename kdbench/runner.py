@@ -86,6 +86,7 @@ __all__ = [
     "data_digest",
     "execute_cohort",
     "execute_run",
+    "import_run_directories",
     "kdbench_source",
     "method_traits",
     "pending_runs",
@@ -801,7 +802,7 @@ def schedule_runs(runs: Sequence[PlannedRun], workspace: Workspace, data_loaded:
     return make_schedule(runs, workspace.method_traits, options, workspace.member_bytes, table_cost)
 
 
-def _import_run_directories(plan: Plan, store: ResultsStore, work_root: Path) -> tuple[str, ...]:
+def import_run_directories(plan: Plan, store: ResultsStore, work_root: Path) -> tuple[str, ...]:
     """Store the results run directories hold that the store lacks; return their run ids."""
     known = store.finished_ids()
     found = stored_results(plan, None, work_root)
@@ -827,7 +828,7 @@ def run_plan(
     loaded before the first run, so missing data stops at once with one clear error. A run whose
     required run failed is stored as failed without running.
     """
-    imported = _import_run_directories(plan, store, options.work_root)
+    imported = import_run_directories(plan, store, options.work_root)
     done = set(stored_results(plan, store, options.work_root))
     pending = pending_runs(plan, done, options.work_root)
     workspace = Workspace(host, options)

@@ -158,11 +158,13 @@ def _table_runs(
                 by_table.setdefault((run.teacher, run.dataset), []).append(run)  # type: ignore[union-attr]
     chosen: set[str] = set()
     for readers in by_table.values():
+        if options.teacher_table == "on":
+            chosen.update(run.run_id for run in readers)
+            continue
         cost = table_cost(readers[0])
         units = {tuple(r.run_id for r in in_cohort.get(run.run_id, (run,))): run for run in readers}
         passes = sum(run.recipe.epochs for run in units.values())  # a cohort makes one pass per step
-        pays = passes > cost.views and cost.bytes <= options.table_budget
-        if options.teacher_table == "on" or pays:
+        if passes > cost.views and cost.bytes <= options.table_budget:
             chosen.update(run.run_id for run in readers)
     return frozenset(chosen)
 

@@ -1,0 +1,1 @@
+"""First-party executors: local worker processes (one per GPU), Slurm through submitit, Ray."""
