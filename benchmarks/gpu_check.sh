@@ -9,7 +9,8 @@
 # 3. a 2-epoch run at real size (a generated CIFAR-100 of 50,000 + 10,000 random images in torchvision's
 #    format): kd resnet32x4 → resnet8x4 plain, with every fast switch (bf16, channels_last), with the teacher
 #    table, and the 8-method cohort vs alone; images/s per run from the stored per-epoch seconds;
-# 4. bf16 fidelity on real data: the smoke suite (digits, 3 seeds) exact vs bf16 + channels_last + fused SGD.
+# 4. bf16 fidelity on real data: the smoke suite (digits, 3 seeds) exact vs bf16 + channels_last + fused SGD;
+# (3b.) --runs-per-gpu K = 1, 2, 4 for 4 small runs on one GPU (wall time each).
 # Nothing here is downloaded: torch must already be importable (the venv, or the machine's python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,13 @@ run "kd fp32, teacher table" table -k "kd $PAIR" --cohorts off --teacher-table o
 EIGHT=(); for m in kd dkd at fitnet rkd pkt sp crd; do EIGHT+=(-k "$m $PAIR"); done
 run "8 methods alone (1 epoch)" alone "${EIGHT[@]}" --epochs 1 --cohorts off --teacher-table off
 run "8 methods as a cohort (1 epoch)" cohort "${EIGHT[@]}" --epochs 1 --teacher-table off
+for K in 1 2 4; do  # packing small runs on one GPU: 4 kd runs (seeds 0-3), K at a time on GPU 0
+    start=$(date +%s)
+    CUDA_VISIBLE_DEVICES=0 timeout 150 $KD run "${COMMON[@]}" --epochs 1 --seeds 0,1,2,3 -k "kd resnet8x4←resnet32x4" \
+        --workers 1 --runs-per-gpu $K --results "$OUT/pack$K.sqlite" --work-dir "$OUT/pack$K" --teacher-root "$OUT/teachers" \
+        >"$OUT/pack$K.log" 2>&1
+    echo "runs-per-gpu $K: exit $? in $(( $(date +%s) - start )) s (4 runs + teacher, 1 epoch)" | tee -a "$OUT/summary.txt"
+done
 $PY - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sqlite3, sys
 from pathlib import Path

@@ -2,7 +2,8 @@
 
 The public API is the names below, plus these modules' ``__all__``: ``kdbench.augment``
 (device augmentation), ``kdbench.errors``, ``kdbench.files`` (atomic writes),
-``kdbench.losses`` (reusable losses), ``kdbench.pruning`` (the pruner contract) and
+``kdbench.losses`` (reusable losses), ``kdbench.pruning`` (the pruner contract),
+``kdbench.executors`` (the executor contract) and
 ``kdbench.testing`` (the plugin kit). Everything else may change between releases.
 
 Names are imported on first use, so ``import kdbench`` is cheap and torch is loaded

@@ -177,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's id (or a unique prefix, ≥ 4); repeat it for a cohort (runs of one teacher, seed, recipe)",
     )
 
+    status = sub.add_parser(
+        "status",
+        parents=[plugins, teachers, selection],
+        help="where a suite's runs are: planned, queued, running, interrupted, finished, diverged, failed",
+    )
+    status.add_argument("--work-dir", type=Path, default=Path("runs"), help="the runs' work directory")
+    collect = sub.add_parser(
+        "collect",
+        parents=[plugins, store, teachers, selection],
+        help="ingest the results a cluster left in the run directories of a suite (idempotent)",
+    )
+    collect.add_argument("--work-dir", type=Path, default=Path("runs"), help="the runs' work directory")
+
     board = sub.add_parser(
         "leaderboard", parents=[plugins, store, teachers], help="render leaderboards from stored results"
     )
@@ -545,6 +558,7 @@ def _result_in(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _cmd_execute(args: argparse.Namespace) -> int:
+    from kdbench.drive import QUEUED_FILE
     from kdbench.locks import RunLock
     from kdbench.runner import RESULT_NAME, Workspace, execute_cohort, execute_run, method_traits
     from kdbench.schedule import Schedule, ScheduleOptions, TableCost, make_schedule
@@ -563,6 +577,7 @@ def _cmd_execute(args: argparse.Namespace) -> int:
     locks = [RunLock(options.work_root / run.run_id) for run in sorted(runs, key=lambda r: r.run_id)]
     for lock in locks:  # another process on one of them: wait, then find its result
         lock.acquire()
+        (lock.path.parent / QUEUED_FILE).unlink(missing_ok=True)  # started: no longer queued
     try:
         todo = []
         for run in runs:
@@ -596,6 +611,32 @@ def _cmd_execute(args: argparse.Namespace) -> int:
             print(f"  {record['error']}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+STATES = ("planned", "queued", "running", "interrupted", "finished", "diverged", "failed")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from kdbench.drive import run_states
+
+    plan, _ = _selected_plan(args, _host(args))
+    states = run_states(plan, args.work_dir)
+    counts = {state: sum(s == state for s in states.values()) for state in STATES}
+    rows = [[run.run_id, run.label, states[run.run_id]] for run in plan if states[run.run_id] not in ("finished",)]
+    if rows:
+        print(tabulate(rows, headers=["run id", "run", "state"], tablefmt="simple", disable_numparse=True))
+    print(f"suite {plan.suite.name}: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from kdbench.runner import import_run_directories
+
+    plan, _ = _selected_plan(args, _host(args))
+    with ResultsStore(args.results) as store:
+        imported = import_run_directories(plan, store, args.work_dir)
+    print(f"suite {plan.suite.name}: {len(imported)} results collected from {args.work_dir} into {args.results}")
+    return 0
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -792,6 +833,8 @@ COMMANDS = {
     "leaderboard": _cmd_leaderboard,
     "plugins": _cmd_plugins,
     "list": _cmd_list,
+    "status": _cmd_status,
+    "collect": _cmd_collect,
     "profile": _cmd_profile,
     "results": _cmd_results,
     "compare": _cmd_compare,

@@ -13,6 +13,7 @@ stored result, and re-raises.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +36,10 @@ from kdbench.runner import (
     stored_results,
 )
 
-__all__ = ["DriveOptions", "drive_plan", "plan_file"]
+__all__ = ["QUEUED_FILE", "DriveOptions", "drive_plan", "plan_file", "run_states"]
+
+#: Written in a run's directory when its task is submitted (``kdbench status`` shows it as queued).
+QUEUED_FILE = "queued.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +93,13 @@ class _Drive:
 
     def ready(self) -> list[PlannedRun]:
         waiting = {run.run_id for run in self.waiting}
-        in_flight = {run_id for task, _ in self.running.values() for run_id in task.run_ids}
+        in_flight = set() if self.submit_all else {i for task, _ in self.running.values() for i in task.run_ids}
         return [r for r in self.waiting if not any(n in waiting or n in in_flight for n in r.requires)]
+
+    @property
+    def submit_all(self) -> bool:
+        """Whether every task is submitted at once, each after the tasks it needs (``--no-wait`` on Slurm)."""
+        return not self.options.wait and bool(getattr(self.executor, "dependencies", False))
 
     def submit_ready(self) -> None:
         """Submit ready units while the executor has room; store runs whose needed run failed as failed."""
@@ -117,14 +126,17 @@ class _Drive:
         ids = [run.run_id for run in unit]
         attempt = max(self.attempts.get(run_id, 0) for run_id in ids)
         table = "on" if all(run_id in self.workspace.schedule.table_runs for run_id in ids) else "off"
-        command = [self.options.python, "-m", "kdbench", "execute", str(self.path)]
+        command = [self.options.python, "-m", "kdbench", "execute", str(self.path.resolve())]
         for run_id in ids:
             command += ["--run", run_id]
         command += [*self.options.execute_options, "--teacher-table", table]
         log = self.work_root / ids[0] / f"worker-{attempt}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         label = unit[0].label + (f" (+{len(unit) - 1} in its cohort)" if len(unit) > 1 else "")
+        needed = {n for run in unit for n in run.requires}
+        after = tuple(key for key, (task, _) in self.running.items() if needed & set(task.run_ids))
         task = Task(
+            after=after,
             key=f"{ids[0]}#{attempt}",
             run_ids=tuple(ids),
             command=tuple(command),
@@ -133,8 +145,13 @@ class _Drive:
             gpus=self.options.gpus_per_task,
             log=log,
         )
-        self.executor.submit(task)
+        try:
+            self.executor.submit(task)
+        except Exception as exc:  # an executor that cannot submit: one clear error, nothing stored is lost
+            raise KdbenchError(f"the executor could not submit {task.label}: {type(exc).__name__}: {exc}") from None
         self.running[task.key] = (task, time.time())
+        for run_id in ids:  # what `kdbench status` reads until the run's worker takes its lock
+            atomic_write_text(self.work_root / run_id / QUEUED_FILE, json.dumps({"task": task.key, "at": time.time()}))
 
     def _blocked(self, run: PlannedRun, needed: str) -> None:
         result = RunResult(status="failed", error=f"needed run {needed} failed: {self.unusable[needed]}")
@@ -230,6 +247,9 @@ def drive_plan(
         while drive.waiting or drive.running:
             drive.submit_ready()
             if not options.wait:
+                if drive.submit_all:
+                    while drive.waiting and drive.ready():
+                        drive.submit_ready()
                 break
             if not drive.running:
                 if drive.waiting:  # pragma: no cover - every waiting run has a ready ancestor
@@ -239,6 +259,9 @@ def drive_plan(
                 break
             for ended in executor.poll(options.poll_seconds):
                 drive.collect(ended, report)
+    except KdbenchError:
+        executor.shutdown(cancel=True)
+        raise
     except KeyboardInterrupt:  # stop the tasks (they resume next time); keep what they finished
         executor.shutdown(cancel=True)
         for task, submitted in list(drive.running.values()):
@@ -264,3 +287,30 @@ def progress_line(done: int, total: int, run: PlannedRun, record: dict[str, Any]
     top1 = record.get("best_top1")
     what = record["status"] + ("" if top1 is None else f", top-1 {top1:.2f}")
     return f"[{done}/{total}] {run.label}: {what} ({running} running, ETA {eta})"
+
+
+def run_states(plan: Plan, work_root: Path) -> dict[str, str]:
+    """Return run id → ``finished``/``diverged``/``failed`` (its result), ``running`` (its lock is held),
+    ``queued`` (submitted, not started), ``interrupted`` (a checkpoint, nobody on it) or ``planned``."""
+    from kdbench.locks import RunLock
+
+    states = {}
+    for run in plan:
+        directory = work_root / run.run_id
+        record = read_result_file(directory) if (directory / RESULT_FILE).exists() else None
+        if record is not None:
+            states[run.run_id] = record["status"]
+            continue
+        if directory.is_dir():
+            lock = RunLock(directory)
+            if not lock.acquire(blocking=False):
+                states[run.run_id] = "running"
+                continue
+            lock.release()
+        if (directory / QUEUED_FILE).exists():
+            states[run.run_id] = "queued"
+        elif (directory / "checkpoint.pt").exists():
+            states[run.run_id] = "interrupted"
+        else:
+            states[run.run_id] = "planned"
+    return states

@@ -42,6 +42,8 @@ class Task:
     """GPUs the task needs (0 on the CPU; a fraction where several tasks share one GPU)."""
     log: Path | None = None
     """Where the task's standard output and error should go (None: the executor chooses)."""
+    after: tuple[str, ...] = ()
+    """Keys of submitted tasks this one must wait for (only given to executors with ``dependencies``)."""
 
 
 @final
@@ -72,7 +74,12 @@ class ExecutorOptions:
 
 
 class Executor(Protocol):
-    """What the driver calls: submit tasks while there is room, poll for the ones that ended, shut down."""
+    """What the driver calls: submit tasks while there is room, poll for the ones that ended, shut down.
+
+    An executor whose class sets ``dependencies = True`` can hold a task until the tasks in its
+    ``after`` have ended (Slurm's ``--dependency``): with ``--no-wait`` the driver then submits the
+    whole plan at once and returns.
+    """
 
     def capacity(self) -> int:
         """Return how many more tasks may be submitted now (the driver keeps the rest until there is room)."""

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
             "features",
             "augment",
             "losses",
+            "executors",
         ],
         0,
     ),
@@ -36,13 +37,13 @@ LAYERS: dict[str, int] = {
     "weights": 5,
     **dict.fromkeys(["engine", "cohort", "table"], 6),
     "results": 7,
-    "runner": 8,
+    **dict.fromkeys(["runner", "drive"], 8),
     **dict.fromkeys(["publish", "leaderboard", "plots", "reports"], 9),
     **dict.fromkeys(["cli", "testing", "scaffold", "__init__", "__main__"], 10),
 }
 #: Modules that never import torch, the engine or the runner at import time (what boards and --check load).
 TORCH_FREE = {"errors", "files", "locks", "specs", "suites", "records", "hookspecs", "derived", "_plugins", "_api",
-              "plan", "schedule", "results", "publish", "leaderboard", "plots", "reports", "cli",
+              "plan", "schedule", "results", "publish", "leaderboard", "plots", "reports", "cli", "executors",
               "__init__"}  # fmt: skip
 #: Publishing renders from files: never from the engine, runner, weights or pruning, even lazily.
 NEVER = {"publish": {"engine", "runner", "weights", "pruning", "profile"}}

@@ -138,3 +138,147 @@ def test_an_unknown_executor_is_one_clear_error(tmp_path: Path, capsys) -> None:
     assert "unknown executor 'nosuch'" in err and "kdbench list executors" in err and "Traceback" not in err
     assert main(["list", "executors"]) == 0
     assert "local" in capsys.readouterr().out
+
+
+INLINE_EXECUTOR = """
+import subprocess
+
+from kdbench import hookimpl
+from kdbench.executors import Ended, ExecutorSpec
+
+
+class Inline:
+    \"\"\"Runs each task to its end as it is submitted: the smallest executor there is.\"\"\"
+
+    def __init__(self, options):
+        self.ended = []
+
+    def capacity(self):
+        return 1
+
+    def submit(self, task):
+        self.ended.append(Ended(task, subprocess.run(task.command, check=False).returncode))
+
+    def poll(self, timeout):
+        ended, self.ended = self.ended, []
+        return ended
+
+    def shutdown(self, cancel):
+        pass
+
+
+@hookimpl
+def kdbench_register_executors():
+    return [ExecutorSpec(name="inline", builder=Inline, description="one task at a time, in the driver's turn")]
+"""
+
+
+def test_a_third_party_executor_drives_the_plan(
+    serial, fake_site: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_distribution(fake_site, "kdbench-fake-inline", "0.1", {"inline": "kdbench_fake_inline"},
+                      {"kdbench_fake_inline": INLINE_EXECUTOR})  # fmt: skip
+    assert main(["list", "executors"]) == 0
+    assert "inline" in capsys.readouterr().out
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake_site), os.environ.get("PYTHONPATH")])))
+    assert main(_args(_suite(tmp_path, 8), tmp_path, "--executor", "inline")) == 0  # its workers find it too
+    assert _stored(tmp_path / "r.sqlite") == serial
+
+
+# --- a real single-node Slurm cluster, and a local Ray cluster -------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """A running single-node Slurm cluster (started by .ci/slurm_up.sh), or a skip that says why not."""
+    if sys.platform != "linux":
+        pytest.skip("the Slurm test starts slurmctld/slurmd, which run on Linux")
+    up = subprocess.run([str(REPO / ".ci" / "slurm_up.sh")], capture_output=True, text=True, timeout=600, check=False)
+    if up.returncode != 0:
+        pytest.skip(f"no Slurm cluster could be started here: {up.stderr.strip() or up.stdout.strip()}")
+    pytest.importorskip("submitit", reason="the Slurm executor needs submitit (the dev extras install it)")
+
+
+def _slurm_jobs() -> dict[str, str]:
+    """Return job id → state of the jobs in the queue."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=False).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def test_slurm_runs_the_suite_and_a_cancelled_job_is_retried(slurm, serial, tmp_path: Path) -> None:
+    env = _counted_env(tmp_path)
+    args = _args(_suite(tmp_path, 8), tmp_path, "--executor", "slurm")
+    driver = _driver([*args, "--executor-option", f"slurm_folder={tmp_path / 'slurm'}"], env)
+    cancelled, deadline = None, time.monotonic() + 240
+    while cancelled is None and time.monotonic() < deadline and driver.poll() is None:
+        running = {job for job, state in _slurm_jobs().items() if state == "RUNNING"}
+        for checkpoint in (tmp_path / "runs").glob("*/checkpoint.pt"):
+            run_id = checkpoint.parent.name
+            job = _job_of(tmp_path / "slurm", run_id)
+            if job in running and not (checkpoint.parent / "result.json").exists():
+                subprocess.run(["scancel", job], check=False)  # mid-run: it has a checkpoint, no result
+                cancelled = run_id
+                break
+        time.sleep(0.1)
+    output = driver.communicate(timeout=600)[0].decode()
+    assert driver.returncode == 0, output
+    assert cancelled is not None, "no Slurm job was caught mid-run:\n" + output
+    assert _starts(tmp_path).count(cancelled) >= 2  # cancelled mid-run, then resumed by the driver's retry
+    assert _stored(tmp_path / "r.sqlite") == serial
+
+
+def _job_of(folder: Path, run_id: str) -> str | None:
+    """Return the Slurm job whose submitted command names ``run_id`` (submitit keeps each job's pickle)."""
+    for pickle in folder.glob("*_submitted.pkl"):
+        if run_id.encode() in pickle.read_bytes():
+            return pickle.name.split("_")[0]
+    return None
+
+
+def test_a_local_ray_cluster_runs_the_suite_with_identical_results(serial, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="the Ray executor needs ray (the dev extras install it)")
+    args = _args(_suite(tmp_path, 8), tmp_path, "--executor", "ray", "--executor-option", "ray_cpus=1")
+    driver = _driver(args, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    output = driver.communicate(timeout=600)[0].decode()
+    assert driver.returncode == 0, output
+    assert "7 finished, 0 diverged, 0 failed" in output
+    assert _stored(tmp_path / "r.sqlite") == serial
+
+
+def test_slurm_no_wait_submits_the_whole_plan_then_status_and_collect(slurm, serial, tmp_path: Path, capsys) -> None:
+    args = _args(_suite(tmp_path, 8), tmp_path, "--executor", "slurm", "--no-wait")
+    assert main([*args, "--executor-option", f"slurm_folder={tmp_path / 'slurm'}"]) == 0
+    capsys.readouterr()
+    selection = ["--suite", str(tmp_path / "executors.toml"), "--work-dir", str(tmp_path / "runs")]
+    assert main(["status", *selection]) == 0
+    assert "queued" in capsys.readouterr().out  # the students wait on the teacher's job (afterany)
+    deadline = time.monotonic() + 300
+    while _slurm_jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert main(["status", *selection]) == 0
+    assert "7 finished" in capsys.readouterr().out
+    assert main(["collect", *selection, "--results", str(tmp_path / "r.sqlite")]) == 0
+    assert "7 results collected" in capsys.readouterr().out
+    assert _stored(tmp_path / "r.sqlite") == serial
+
+
+def test_ctrl_c_on_the_driver_keeps_what_finished_and_the_rest_resumes(serial, tmp_path: Path) -> None:
+    args = _args(_suite(tmp_path, 8), tmp_path, "--workers", "2")
+    driver = _driver(args, dict(os.environ))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        finished = list((tmp_path / "runs").glob("*/result.json"))
+        started = [c for c in (tmp_path / "runs").glob("*/checkpoint.pt") if not (c.parent / "result.json").exists()]
+        if finished and started:
+            break
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the driver
+    output = driver.communicate(timeout=120)[0].decode()
+    assert driver.returncode != 0, output
+    kept = _stored(tmp_path / "r.sqlite")
+    assert kept and all(serial[run_id] == record for run_id, record in kept.items())  # nothing half-stored
+    assert len(kept) < len(serial)
+    assert main(args) == 0
+    assert _stored(tmp_path / "r.sqlite") == serial

@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "kdbench.files",
     "kdbench.losses",
     "kdbench.pruning",
+    "kdbench.executors",
     "kdbench.testing",
 )
 _SUBMODULES = frozenset(name.removeprefix("kdbench.") for name in PUBLIC_MODULES if name != "kdbench")
