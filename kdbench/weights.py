@@ -59,6 +59,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_cache() -> Path:
+    """Return torch's hub checkpoint directory ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/...)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
 def find_checkpoint(source: str | os.PathLike[str], host: PluginHost, teacher_root: Path | None = None) -> Checkpoint:
     """Return the checkpoint ``source`` names: a registered teacher (under ``teacher_root``) or a file path."""
     root = DEFAULT_TEACHER_ROOT if teacher_root is None else Path(teacher_root)
@@ -66,10 +72,13 @@ def find_checkpoint(source: str | os.PathLike[str], host: PluginHost, teacher_ro
     if name in host.teachers:
         spec = host.teachers.get(name)
         path = root / spec.path
+        cached = _hub_cache() / Path(spec.path).name  # where torch.hub / torchvision keep downloaded weights
+        if not path.is_file() and cached.is_file():
+            path = cached
         if not path.is_file():
             raise CheckpointError(
-                f"teacher {name!r} not found at {path}; download it from {spec.url or 'its source'} "
-                f"and extract it under --teacher-root {root}"
+                f"teacher {name!r} not found at {root / spec.path} nor in torch's hub cache ({cached}); download it "
+                f"from {spec.url or 'its source'} and put it under --teacher-root {root}"
             )
         if spec.sha256 and not _sha256(path).startswith(spec.sha256.lower()):
             raise CheckpointError(f"teacher {name!r} at {path} does not match its published sha256 {spec.sha256}")

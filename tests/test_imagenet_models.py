@@ -93,3 +93,50 @@ def test_mobilenetv1_equals_mdistillers_under_the_same_weights(host) -> None:
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "MobileNetV1"])
 def test_imagenet_models_pass_the_plugin_kit(host, name: str) -> None:
     check_model(name, host=host)
+
+
+# --- teachers: torchvision's IMAGENET1K_V1 files, from --teacher-root or torch's hub cache ---------------------------
+
+
+def test_torchvision_v1_teachers_are_named_explicitly_with_their_published_top1(host) -> None:
+    specs = {spec.model: spec for spec in host.teachers if spec.name.endswith("@torchvision-v1")}
+    assert {name: (s.path, s.reported_top1) for name, s in specs.items()} == {
+        "resnet18": ("resnet18-f37072fd.pth", 69.758),
+        "resnet34": ("resnet34-b627a593.pth", 73.314),
+        "resnet50": ("resnet50-0676ba61.pth", 76.130),  # V1: V2 (the DEFAULT) would be 80.858
+        "resnet101": ("resnet101-63fe2227.pth", 77.374),
+    }
+    assert all(s.sha256 == s.path.removesuffix(".pth").split("-")[1] and s.state_key == "" for s in specs.values())
+
+
+def test_a_teacher_file_is_found_in_torchs_hub_cache_and_its_digest_checked(
+    host, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from kdbench import TeacherSpec, hookimpl
+    from kdbench.errors import CheckpointError
+    from kdbench.weights import find_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = kdbench.create_model("resnet18", 1000, host=host).state_dict()
+    torch.save(weights, cache / "resnet18-f37072fd.pth")  # torchvision's name, not torchvision's bytes
+    with pytest.raises(CheckpointError, match="does not match its published sha256 f37072fd"):
+        find_checkpoint("resnet18@torchvision-v1", host, tmp_path / "teachers")
+    prefix = hashlib.sha256((cache / "resnet18-f37072fd.pth").read_bytes()).hexdigest()[:8]
+    (cache / "resnet18-f37072fd.pth").rename(cache / f"mine-{prefix}.pth")
+
+    class Mine:
+        @hookimpl
+        def kdbench_register_teachers(self):
+            return [TeacherSpec(name="resnet18@mine", model="resnet18", dataset="imagenet", path=f"mine-{prefix}.pth",
+                                state_key="", sha256=prefix)]  # fmt: skip
+
+    mine = kdbench.create_plugin_host(plugins=[("mine", Mine())])
+    model = kdbench.create_model("resnet18", 1000, weights="resnet18@mine", teacher_root=tmp_path / "none", host=mine)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(CheckpointError, match=r"nor in torch's hub cache"):
+        find_checkpoint("resnet34@torchvision-v1", host, tmp_path / "teachers")

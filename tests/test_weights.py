@@ -62,7 +62,8 @@ def test_a_registered_teacher_loads_from_the_teacher_root(lab) -> None:
     assert _equal(by_name, large)
     assert _equal(create_model("digits_cnn_l", 10, weights="digits_cnn_l@lab", teacher_root=root, host=host), large)
     assert _equal(create_model("digits_cnn_m@lab", teacher_root=root, host=host), medium)  # sha256 prefix checked
-    with pytest.raises(CheckpointError, match=r"teacher 'digits_cnn_l@lab' not found at .*lab/l.pth; download it"):
+    missing = r"teacher 'digits_cnn_l@lab' not found at .*lab/l.pth nor in torch's hub cache .*; download it"
+    with pytest.raises(CheckpointError, match=missing):
         create_model("digits_cnn_l@lab", teacher_root=root / "elsewhere", host=host)
     with pytest.raises(CheckpointError, match="brings its own weights"):
         create_model("digits_cnn_l@lab", weights=root / "lab" / "l.pth", teacher_root=root, host=host)
