@@ -1,4 +1,5 @@
-"""The ImageNet zoo equals its references: torchvision's ResNets (state dicts, logits) and MDistiller's MobileNetV1.
+"""The ImageNet zoo equals its references: torchvision's ResNets and MobileNetV2 (state dicts, logits) and
+MDistiller's MobileNetV1.
 
 MobileNetV1's reference is re-typed below from MDistiller's ``mdistiller/models/imagenet/mobilenetv1.py``
 (megvii-research/mdistiller @fae6658) for the comparison only: same modules, same forward, same taps.
@@ -17,11 +18,12 @@ from kdbench.features import FeatureCapture
 from kdbench.testing import check_model
 
 #: torchvision's documented ``num_params`` of each ``IMAGENET1K_V1`` model (1000 classes).
-PARAMETERS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160}
+PARAMETERS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+              "mobilenet_v2": 3_504_872}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
-def test_resnets_have_torchvisions_parameters_and_load_its_state_dict_strictly(host, name: str) -> None:
+def test_models_have_torchvisions_parameters_and_load_its_state_dict_strictly(host, name: str) -> None:
     ours = kdbench.create_model(name, 1000, host=host).eval()
     assert sum(p.numel() for p in ours.parameters()) == PARAMETERS[name]
     torch.manual_seed(0)
@@ -90,7 +92,7 @@ def test_mobilenetv1_equals_mdistillers_under_the_same_weights(host) -> None:
             assert torch.equal(got, expected), name
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "MobileNetV1"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "MobileNetV1", "mobilenet_v2"])
 def test_imagenet_models_pass_the_plugin_kit(host, name: str) -> None:
     check_model(name, host=host)
 
