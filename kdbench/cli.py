@@ -457,8 +457,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _execute_options(args: argparse.Namespace) -> list[str]:
     """Return the options every `kdbench execute` of a driver gets: the run command's execution options."""
-    forwarded = ["--device", args.device, "--data-root", str(args.data_root), "--teacher-root", str(args.teacher_root)]
-    forwarded += ["--work-dir", str(args.work_dir), "--latency-batch-sizes", args.latency_batch_sizes, "--no-progress"]
+    # Paths absolute: a worker may start in another directory (a Slurm job, a Ray worker).
+    data, teachers, work = (str(path.resolve()) for path in (args.data_root, args.teacher_root, args.work_dir))
+    forwarded = ["--device", args.device, "--data-root", data, "--teacher-root", teachers, "--work-dir", work]
+    forwarded += ["--latency-batch-sizes", args.latency_batch_sizes, "--no-progress"]
     for flag in ("bf16", "channels_last", "fused_sgd", "download", "strict_plugins"):
         if getattr(args, flag):
             forwarded.append("--" + flag.replace("_", "-"))
@@ -470,8 +472,7 @@ def _execute_options(args: argparse.Namespace) -> list[str]:
         forwarded += ["--threads", str(threads)]
     for flag in args.plugin_flags:
         forwarded += ["-p", flag]
-    return [str(Path(value).resolve()) if value in (str(args.data_root), str(args.teacher_root), str(args.work_dir))
-            else value for value in forwarded]  # fmt: skip
+    return forwarded
 
 
 def _executor_settings(items: Sequence[str]) -> dict[str, str]:

@@ -126,13 +126,8 @@ class _Epoch:
                                first.options.device)  # fmt: skip
         self.generators = {id(m): self.draw.method_generator() for m in members}
         self.wanted = {id(m): m.state.distiller.signals(None)[1] for m in members}
-        self.captures: dict[int, FeatureCapture] = {}
-        for member in members:
-            capture, teacher = member.state.captures(self.segment)
-            if teacher is not None:
-                teacher.close()  # the cohort's one teacher capture serves every member
-            assert capture is not None
-            self.captures[id(member)] = capture
+        # Students only: the cohort's one teacher capture serves every member.
+        self.captures = {id(m): m.state.student_capture(self.segment) for m in members}
         self.sums: dict[int, dict[str, torch.Tensor]] = {id(m): {} for m in members}
         self.failures: dict[int, BaseException] = {}
 
@@ -146,7 +141,8 @@ class _Epoch:
 
     def close(self) -> None:
         for capture in self.captures.values():
-            capture.close()
+            if capture is not None:
+                capture.close()
 
 
 def _teacher_pass(
@@ -173,7 +169,7 @@ def _versions(signals: Signals | None) -> tuple[int, ...]:
     tensors = [signals.logits]
     for name in ("feats", "preact"):
         value = getattr(signals, name)
-        if isinstance(value, list) and type(value) is list:
+        if type(value) is list:  # not a signal left uncaptured (a _NotRequested)
             tensors += value
     tensors += [t for t in (signals.embedding, signals.pooled_map) if t is not None]
     return tuple(t._version for t in tensors)

@@ -33,6 +33,7 @@ from kdbench.runner import (
     import_run_directories,
     pending_runs,
     schedule_runs,
+    store_blocked,
     stored_results,
 )
 
@@ -154,12 +155,11 @@ class _Drive:
             atomic_write_text(self.work_root / run_id / QUEUED_FILE, json.dumps({"task": task.key, "at": time.time()}))
 
     def _blocked(self, run: PlannedRun, needed: str) -> None:
-        result = RunResult(status="failed", error=f"needed run {needed} failed: {self.unusable[needed]}")
-        self.store.put(self.workspace.record(self.plan.suite.name, run, result, None))
-        root = next((o for o, runs in self.waiting_on.items() if needed == o or needed in runs), needed)
-        self.waiting_on.setdefault(root, []).append(run.run_id)
+        why = self.unusable[needed]
+        self.unusable[run.run_id] = store_blocked(
+            run, needed, why, self.workspace, self.plan, self.store, self.waiting_on
+        )
         self.waiting.remove(run)
-        self.unusable[run.run_id] = result.error
 
     # --- collecting ------------------------------------------------------------------------------------------------
 

@@ -429,12 +429,16 @@ class RunState:
 
     def captures(self, segment: Segment) -> tuple[FeatureCapture | None, FeatureCapture | None]:
         """Return the (student, teacher) feature captures the distiller needs in ``segment`` (close them after)."""
-        student_signals, teacher_signals = self.distiller.signals(segment.phase)
+        teacher_signals = self.distiller.signals(segment.phase)[1]
+        teacher = FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
+        return self.student_capture(segment), teacher
+
+    def student_capture(self, segment: Segment) -> FeatureCapture | None:
+        """Return the student's feature capture in ``segment`` (logits always in the main training; close it after)."""
+        student_signals = self.distiller.signals(segment.phase)[0]
         if segment.phase is None:
             student_signals = student_signals | {"logits"}
-        student = FeatureCapture(self.student, student_signals) if student_signals else None
-        teacher = FeatureCapture(self.teacher.module, teacher_signals) if self.teacher and teacher_signals else None
-        return student, teacher
+        return FeatureCapture(self.student, student_signals) if student_signals else None
 
     def start_epoch_of(self, position: int) -> tuple[Segment, int, torch.optim.Optimizer]:
         """Set up global epoch ``position`` (its segment's optimiser and LR, train/eval modes); return them."""

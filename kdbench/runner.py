@@ -93,6 +93,7 @@ __all__ = [
     "run_plan",
     "run_suite",
     "schedule_runs",
+    "store_blocked",
     "stored_results",
     "train_state",
 ]
@@ -686,6 +687,27 @@ def pending_runs(plan: Plan, done: set[str], work_root: Path) -> list[PlannedRun
     return [run for run in plan if run.run_id in pending]
 
 
+def store_blocked(
+    run: PlannedRun,
+    needed: str,
+    why: str,
+    workspace: Workspace,
+    plan: Plan,
+    store: ResultsStore,
+    waiting_on: dict[str, list[str]],
+) -> str:
+    """Store ``run`` as failed because run ``needed`` failed (``why``), without running it; return the error.
+
+    ``waiting_on`` (failed run → the runs that could not run because of it) gets ``run`` under the
+    first failure of its chain, so a report names one root per failure.
+    """
+    result = RunResult(status="failed", error=f"needed run {needed} failed: {why}")
+    store.put(workspace.record(plan.suite.name, run, result, None))
+    root = next((origin for origin, runs in waiting_on.items() if needed == origin or needed in runs), needed)
+    waiting_on.setdefault(root, []).append(run.run_id)
+    return result.error
+
+
 class _Walk:
     """One driver's walk over the pending runs of a plan, sharing store and run directories with others."""
 
@@ -736,11 +758,10 @@ class _Walk:
         return mates
 
     def _blocked(self, run: PlannedRun, needed: str) -> None:
-        result = RunResult(status="failed", error=f"needed run {needed} failed: {self.unusable[needed]}")
-        self.store.put(self.workspace.record(self.plan.suite.name, run, result, None))
-        root = next((origin for origin, runs in self.waiting_on.items() if needed == origin or needed in runs), needed)
-        self.waiting_on.setdefault(root, []).append(run.run_id)
-        self._done(run, "failed", result.error, count=False)
+        error = store_blocked(
+            run, needed, self.unusable[needed], self.workspace, self.plan, self.store, self.waiting_on
+        )
+        self._done(run, "failed", error, count=False)
 
     def _settle(self, runs: list[PlannedRun]) -> None:
         """Execute ``runs`` (their locks held; several: a cohort), except those another driver settled meanwhile."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from kdbench.derived import parse_derived
@@ -59,12 +60,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hub_cache() -> Path:
-    """Return torch's hub checkpoint directory ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/...)."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
-    return Path(home).expanduser() / "hub" / "checkpoints"
-
-
 def find_checkpoint(source: str | os.PathLike[str], host: PluginHost, teacher_root: Path | None = None) -> Checkpoint:
     """Return the checkpoint ``source`` names: a registered teacher (under ``teacher_root``) or a file path."""
     root = DEFAULT_TEACHER_ROOT if teacher_root is None else Path(teacher_root)
@@ -72,7 +67,8 @@ def find_checkpoint(source: str | os.PathLike[str], host: PluginHost, teacher_ro
     if name in host.teachers:
         spec = host.teachers.get(name)
         path = root / spec.path
-        cached = _hub_cache() / Path(spec.path).name  # where torch.hub / torchvision keep downloaded weights
+        # where torch.hub / torchvision keep downloaded weights ($TORCH_HOME/hub/checkpoints)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.path).name
         if not path.is_file() and cached.is_file():
             path = cached
         if not path.is_file():

@@ -282,3 +282,16 @@ def test_ctrl_c_on_the_driver_keeps_what_finished_and_the_rest_resumes(serial, t
     assert len(kept) < len(serial)
     assert main(args) == 0
     assert _stored(tmp_path / "r.sqlite") == serial
+
+
+def test_a_failed_teacher_under_workers_fails_its_students_without_running_them(tmp_path: Path, capsys) -> None:
+    (tmp_path / "bad.pth").write_text("garbage", encoding="utf-8")
+    args = _args(_suite(tmp_path, 1), tmp_path, "--workers", "1", "--teacher", f"digits_cnn_m={tmp_path / 'bad.pth'}")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "(4 runs wait on it)" in err and "cannot read checkpoint" in err  # kd and at, two seeds each
+    students = [r for r in _stored(tmp_path / "r.sqlite").values() if r["config"]["distiller"] in ("kd", "at")]
+    assert len(students) == 4 and {r["status"] for r in students} == {"failed"}
+    assert not any(
+        (tmp_path / "runs" / run_id / "result.json").exists() for run_id in map(lambda r: r["run_id"], students)
+    )
