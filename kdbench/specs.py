@@ -21,9 +21,11 @@ __all__ = [
     "DatasetSpec",
     "DistillerSpec",
     "ImageData",
+    "ImageFiles",
     "ModelSpec",
     "PairSpec",
     "Recipe",
+    "ResizedCropSpec",
     "SuiteSpec",
     "TeacherSpec",
 ]
@@ -66,6 +68,65 @@ class AugmentSpec:
 
 @final
 @dataclass(frozen=True, slots=True)
+class ResizedCropSpec:
+    """A streaming dataset's augmentation: torchvision's ImageNet recipe.
+
+    Train: ``RandomResizedCrop(size, scale, ratio)`` then, with ``flip``, a horizontal flip with
+    probability 1/2. Eval: ``Resize(eval_resize)`` of the shorter side, then ``CenterCrop(size)``.
+    ``size`` is the dataset's ``image_size``. Every sample's crop is drawn from its own key, itself
+    drawn from (run seed, epoch): the same in every loader, worker count and DDP rank.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    eval_resize: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        if not (0 < self.scale[0] <= self.scale[1] <= 1) or not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"ResizedCropSpec: scale {self.scale} / ratio {self.ratio} out of range")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ImageFiles:
+    """A dataset read from disk while it trains (streaming): image file paths and int64 labels.
+
+    For datasets too large to hold on the device (ImageNet: 1.28 M JPEGs). Paths are absolute;
+    any format PIL reads works, JPEG decodes on the device where a loader can. ``verified`` as
+    in :class:`ImageData`. A dataset whose loader returns this declares a :class:`ResizedCropSpec`.
+    """
+
+    train_files: tuple[str, ...]
+    train_labels: torch.Tensor
+    test_files: tuple[str, ...]
+    test_labels: torch.Tensor
+    verified: bool | None = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        object.__setattr__(self, "train_files", tuple(str(f) for f in self.train_files))
+        object.__setattr__(self, "test_files", tuple(str(f) for f in self.test_files))
+        for files, labels in ((self.train_files, self.train_labels), (self.test_files, self.test_labels)):
+            if labels.dtype != torch.int64 or tuple(labels.shape) != (len(files),):
+                raise ValueError("labels must be int64 with one entry per file")
+
+    @property
+    def num_train(self) -> int:
+        """Return the number of train images."""
+        return len(self.train_files)
+
+    @property
+    def num_test(self) -> int:
+        """Return the number of test images."""
+        return len(self.test_files)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class ImageData:
     """A whole image-classification dataset as uint8 NCHW tensors and int64 labels.
 
@@ -97,19 +158,26 @@ class ImageData:
 class DatasetSpec:
     """An image-classification dataset: how to load it and how it is normalised/augmented.
 
-    ``loader(root, download)`` returns :class:`ImageData` or raises
-    :class:`kdbench.errors.DataNotFoundError` naming the path it expected.
+    ``loader(root, download)`` returns :class:`ImageData` (held on the device; ``augment`` an
+    :class:`AugmentSpec`) or :class:`ImageFiles` (streamed from disk; ``augment`` a
+    :class:`ResizedCropSpec`), or raises :class:`kdbench.errors.DataNotFoundError` naming the
+    path it expected.
     """
 
     name: str
-    loader: Callable[[Path, bool], ImageData]
+    loader: Callable[[Path, bool], ImageData | ImageFiles]
     description: str
     num_classes: int
     image_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: AugmentSpec = AugmentSpec()
+    augment: AugmentSpec | ResizedCropSpec = AugmentSpec()
     citation: str = ""
+
+    @property
+    def streaming(self) -> bool:
+        """Return whether this dataset streams from disk (its loader returns :class:`ImageFiles`)."""
+        return isinstance(self.augment, ResizedCropSpec)
 
 
 @dataclass(frozen=True, slots=True)
