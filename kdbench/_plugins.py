@@ -17,6 +17,7 @@ from kdbench import hookspecs
 from kdbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from kdbench.executors import ExecutorSpec
 from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
+from kdbench.stream import LoaderSpec
 
 __all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginHost", "PluginInfo", "Registry", "create_plugin_host"]
 
@@ -34,6 +35,7 @@ REGISTRY_KINDS: dict[str, tuple[str, type]] = {
     "pruners": ("kdbench_register_pruners", PrunerSpec),
     "suites": ("kdbench_register_suites", SuiteSpec),
     "executors": ("kdbench_register_executors", ExecutorSpec),
+    "loaders": ("kdbench_register_loaders", LoaderSpec),
 }
 #: The hooks through which plugins observe runs (called by the engine and runner via ``PluginHost.notify``).
 LIFECYCLE_HOOKS = ("kdbench_run_start", "kdbench_epoch_end", "kdbench_run_end")
@@ -238,8 +240,13 @@ class PluginHost:
         """Return the executor registry."""
         return self._registries["executors"]
 
+    @property
+    def loaders(self) -> Registry[LoaderSpec]:
+        """Return the loader registry (streaming datasets)."""
+        return self._registries["loaders"]
+
     def registry(self, kind: str) -> Registry[Any]:
-        """Return the registry of ``kind`` (models, distillers, datasets, teachers, pruners, suites, executors)."""
+        """Return the registry of ``kind`` (models, distillers, datasets, teachers, pruners, suites, executors…)."""
         if kind not in self._registries:
             raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(REGISTRY_KINDS)}")
         return self._registries[kind]

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from tabulate import tabulate
 
 from kdbench._plugins import PluginHost, create_plugin_host
+from kdbench.distributed import init_distributed, launch, local_rank, torchrun_world
 from kdbench.errors import KdbenchError
-from kdbench.plan import Plan, PlannedRun, TeacherCheck, plan_suite
+from kdbench.plan import Plan, PlannedRun, TeacherCheck, TrainRun, plan_suite
 from kdbench.publish import Boards, merged_records, teacher_checkpoints
 from kdbench.reports import (
     FAIL_ON,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers", "executors")
+LIST_KINDS = ("models", "distillers", "pruners", "datasets", "suites", "teachers", "executors", "loaders")
 DEFAULT_BOARDS = Path("leaderboards")
 
 
@@ -123,6 +124,27 @@ def _execution_options() -> argparse.ArgumentParser:
         default="auto",
         help="read the teacher's logits from its table of every train image and view (auto: where it saves "
         "teacher passes)",
+    )
+    group.add_argument(
+        "--loader",
+        default="auto",
+        metavar="NAME",
+        help="how streamed datasets (ImageNet) are read: pil, decode, dali or a plugin's (`kdbench list loaders`); "
+        "auto: the best available for the device",
+    )
+    group.add_argument(
+        "--loader-workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        metavar="N",
+        help="worker processes reading a streamed dataset (default: min(8, CPU cores); 0: in the training process)",
+    )
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each run with N processes of this node (DDP: one per GPU, gloo on the CPU; torchrun-compatible)",
     )
     group.add_argument(
         "--threads",
@@ -377,6 +399,9 @@ def _device(name: str) -> torch.device:
         raise KdbenchError(f"--device {name}: no CUDA device is available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise KdbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda" and device.index is None and torchrun_world()[1] > 1:
+        device = torch.device("cuda", local_rank())  # one GPU per rank
+        torch.cuda.set_device(device)
     return device
 
 
@@ -389,7 +414,22 @@ def _cohort_budget(device: Any) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory // 2
 
 
-def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
+def _pick_loader(host: PluginHost, name: str, device: Any) -> Any:
+    """Return the loader ``--loader`` names (``auto``: the available one of highest priority; None if none is)."""
+    if name != "auto":
+        spec = host.loaders.get(name)
+        reason = spec.unavailable(device)
+        if reason:
+            raise KdbenchError(f"--loader {name} cannot serve {device}: {reason}")
+        return spec
+    ranked = sorted(
+        (spec for spec in host.loaders if device.type in spec.priority and spec.unavailable(device) is None),
+        key=lambda spec: (-spec.priority[device.type], spec.name),
+    )
+    return ranked[0] if ranked else None
+
+
+def _runner_options(args: argparse.Namespace, overrides: dict[str, str], host: PluginHost) -> Any:
     """Return the RunnerOptions of the execution options (devices and directories checked)."""
     from kdbench.engine import EngineOptions
     from kdbench.runner import RunnerOptions
@@ -403,15 +443,23 @@ def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.loader_workers < 0:
+        raise KdbenchError(f"--loader-workers takes 0 or more, got {args.loader_workers}")
+    device = _device(args.device)
+    rank, world = init_distributed(device)
     engine = EngineOptions(
-        device=_device(args.device),
+        device=device,
         bf16=args.bf16,
         channels_last=args.channels_last,
         fused_sgd=args.fused_sgd,
         progress=not args.no_progress,
+        loader=_pick_loader(host, args.loader, device),
+        loader_workers=args.loader_workers,
+        rank=rank,
+        world_size=world,
     )
     schedule = ScheduleOptions(
-        cohorts=args.cohorts == "on",
+        cohorts=args.cohorts == "on" and args.nproc_per_node == 1,  # a run of several processes trains alone
         max_members=args.cohort_size,
         memory_budget=_cohort_budget(engine.device),
         teacher_table=args.teacher_table,
@@ -429,15 +477,22 @@ def _runner_options(args: argparse.Namespace, overrides: dict[str, str]) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if torchrun_world()[1] > 1:
+        raise KdbenchError(
+            "under torchrun, start one run: `kdbench execute PLAN --run ID` (or let `kdbench run --nproc-per-node N` "
+            "start each run's processes)"
+        )
+    if args.nproc_per_node < 1:
+        raise KdbenchError(f"--nproc-per-node takes a positive integer, got {args.nproc_per_node}")
     host = _host(args)
     plan, overrides = _selected_plan(args, host)
     if args.dry_run:
         return _dry_run(args, host, plan)
-    options = _runner_options(args, overrides)
+    options = _runner_options(args, overrides, host)
     from kdbench.runner import run_plan
 
     with ResultsStore(args.results) as store:
-        if args.executor or args.workers:
+        if args.executor or args.workers or args.nproc_per_node > 1:
             report = _drive(args, host, plan, store, options)
         else:
             report = run_plan(plan, host, store, options)
@@ -461,6 +516,9 @@ def _execute_options(args: argparse.Namespace) -> list[str]:
     data, teachers, work = (str(path.resolve()) for path in (args.data_root, args.teacher_root, args.work_dir))
     forwarded = ["--device", args.device, "--data-root", data, "--teacher-root", teachers, "--work-dir", work]
     forwarded += ["--latency-batch-sizes", args.latency_batch_sizes, "--no-progress"]
+    forwarded += ["--loader", args.loader, "--loader-workers", str(args.loader_workers)]
+    if args.nproc_per_node > 1:
+        forwarded += ["--nproc-per-node", str(args.nproc_per_node)]
     for flag in ("bf16", "channels_last", "fused_sgd", "download", "strict_plugins"):
         if getattr(args, flag):
             forwarded.append("--" + flag.replace("_", "-"))
@@ -497,6 +555,7 @@ def _drive(args: argparse.Namespace, host: PluginHost, plan: Plan, store: Result
     executor_options = ExecutorOptions(
         workers=args.workers,
         runs_per_gpu=args.runs_per_gpu,
+        processes_per_run=args.nproc_per_node,
         device=args.device,
         wait=not args.no_wait,
         settings=_executor_settings(args.executor_option),
@@ -505,7 +564,8 @@ def _drive(args: argparse.Namespace, host: PluginHost, plan: Plan, store: Result
         executor = spec.builder(executor_options)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
         raise KdbenchError(f"executor {spec.name!r} cannot start: {exc}") from None
-    gpus = 1.0 / args.runs_per_gpu if args.device.startswith("cuda") else 0.0
+    per_run = args.nproc_per_node if args.nproc_per_node > 1 else 1.0 / args.runs_per_gpu
+    gpus = float(per_run) if args.device.startswith("cuda") else 0.0
     drive = DriveOptions(
         execute_options=tuple(_execute_options(args)), retries=args.retries, gpus_per_task=gpus, wait=not args.no_wait
     )
@@ -525,7 +585,7 @@ def _dry_run(args: argparse.Namespace, host: PluginHost, plan: Plan) -> int:
             store.close()
     pending_list = pending_runs(plan, done, args.work_dir)
     pending = {run.run_id for run in pending_list}
-    options = _runner_options(args, {})  # the numeric and device options, the directories
+    options = _runner_options(args, {}, host)  # the numeric and device options, the directories
     from kdbench.runner import Workspace, schedule_runs
 
     _print_plan(plan.runs, pending, schedule_runs(pending_list, Workspace(host, options), data_loaded=False))
@@ -564,10 +624,22 @@ def _cmd_execute(args: argparse.Namespace) -> int:
     from kdbench.runner import RESULT_NAME, Workspace, execute_cohort, execute_run, method_traits
     from kdbench.schedule import Schedule, ScheduleOptions, TableCost, make_schedule
 
+    if args.nproc_per_node < 1:
+        raise KdbenchError(f"--nproc-per-node takes a positive integer, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and torchrun_world()[1] == 1:
+        return launch(args.argv, args.nproc_per_node)  # N copies of this command, one per rank
     plan = Plan.load(args.plan)
     runs = list({run.run_id: run for run in map(plan.get, args.run)}.values())
     host = _host(args)
-    options = _runner_options(args, {})
+    options = _runner_options(args, {}, host)
+    engine = options.engine
+    if engine.distributed:
+        if len(runs) > 1:
+            raise KdbenchError("a run trained by several processes trains alone: give one --run (no cohort)")
+        if not isinstance(runs[0], TrainRun):  # a teacher check or a pruning: rank 0 does it alone
+            if not engine.writes:
+                return 0
+            options = replace(options, engine=replace(engine, rank=0, world_size=1))
     for run in runs:
         for needed in run.requires:
             if _result_in(options.work_root / needed) is None:
@@ -575,17 +647,18 @@ def _cmd_execute(args: argparse.Namespace) -> int:
                     f"run {run.run_id} ({run.label}) needs run {needed}, which has no result in "
                     f"{options.work_root / needed}; execute it first"
                 )
-    locks = [RunLock(options.work_root / run.run_id) for run in sorted(runs, key=lambda r: r.run_id)]
+    writes = options.engine.writes
+    locks = [RunLock(options.work_root / run.run_id) for run in sorted(runs, key=lambda r: r.run_id)] if writes else []
     for lock in locks:  # another process on one of them: wait, then find its result
         lock.acquire()
         (lock.path.parent / QUEUED_FILE).unlink(missing_ok=True)  # started: no longer queued
     try:
-        todo = []
+        todo = _agreed(
+            [run for run in runs if _result_in(options.work_root / run.run_id) is None], runs, options.engine
+        )
         for run in runs:
-            done = _result_in(options.work_root / run.run_id)
-            if done is None:
-                todo.append(run)
-            else:
+            if run not in todo and writes:
+                done = _result_in(options.work_root / run.run_id) or {"status": "done"}
                 target = options.work_root / run.run_id / RESULT_NAME
                 print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
         workspace = Workspace(host, options)
@@ -605,13 +678,24 @@ def _cmd_execute(args: argparse.Namespace) -> int:
     failed = 0
     for run, record in zip(todo, records):
         top1 = "" if record["best_top1"] is None else f", best top-1 {record['best_top1']:.2f}"
-        print(
-            f"run {run.run_id} ({run.label}): {record['status']}{top1} → {options.work_root / run.run_id / RESULT_NAME}"
-        )
+        if writes:
+            target = options.work_root / run.run_id / RESULT_NAME
+            print(f"run {run.run_id} ({run.label}): {record['status']}{top1} → {target}")
         if record["status"] == "failed":
             print(f"  {record['error']}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _agreed(todo: list[PlannedRun], runs: list[PlannedRun], engine: Any) -> list[PlannedRun]:
+    """Return rank 0's list of runs to do, on every rank of a distributed run (rank 0 holds the locks)."""
+    if not engine.distributed:
+        return todo
+    import torch.distributed as dist
+
+    decided = [[run.run_id for run in todo]]
+    dist.broadcast_object_list(decided, src=0)
+    return [run for run in runs if run.run_id in decided[0]]
 
 
 STATES = ("planned", "queued", "running", "interrupted", "finished", "diverged", "failed")
@@ -725,6 +809,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "teachers": ["teacher", "model", "dataset", "path", "reported top-1", "plugin"],
         "pruners": ["pruner", "kind", "defaults", "description", "citation", "plugin"],
         "executors": ["executor", "description", "needs", "plugin"],
+        "loaders": ["loader", "description", "auto priority", "plugin"],
     }[args.kind]
     print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
     return 0
@@ -745,6 +830,9 @@ def _list_row(kind: str, spec: object, plugin: str) -> list[str]:
         return [spec.name, str(spec.num_classes), size, spec.description, plugin]
     if kind == "executors":
         return [spec.name, spec.description, spec.needs, plugin]
+    if kind == "loaders":
+        priority = ", ".join(f"{device} {rank}" for device, rank in spec.priority.items())
+        return [spec.name, spec.description, priority, plugin]
     if kind == "suites":
         methods = ", ".join(spec.distillers)
         seeds = ",".join(map(str, spec.seeds))
@@ -847,6 +935,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; user errors print one line and return non-zero."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
     except KdbenchError as exc:

@@ -25,13 +25,12 @@ import torch
 
 from kdbench.distiller import Distiller, Progress
 from kdbench.engine import (
+    LoaderClock,
     Observer,
     RunState,
     Silent,
     add_terms,
-    draw_epoch,
     end_epoch,
-    epoch_batches,
     finish_run,
     forward_signals,
     resume_state,
@@ -99,7 +98,7 @@ def _check_shared(members: Sequence[CohortMember]) -> None:
             and state.seed == first.seed
             and state.recipe == first.recipe
             and state.dataset == first.dataset
-            and state.train_images is first.train_images
+            and state.source is first.source
             and state.options == first.options
             and state.teacher_table is first.teacher_table
         )
@@ -122,8 +121,7 @@ class _Epoch:
         first = members[0].state
         self.segment = first.segment_at(position)[0]
         self.setups = {id(m): m.state.start_epoch_of(position) for m in members}
-        self.draw = draw_epoch(first.seed, position, first.train_images.shape[0], first.recipe, first.dataset,
-                               first.options.device)  # fmt: skip
+        self.draw = first.draw(position)
         self.generators = {id(m): self.draw.method_generator() for m in members}
         self.wanted = {id(m): m.state.distiller.signals(None)[1] for m in members}
         # Students only: the cohort's one teacher capture serves every member.
@@ -182,9 +180,10 @@ def _train_epoch(epoch: _Epoch) -> tuple[dict[int, dict[str, torch.Tensor]], flo
     capture = epoch.teacher_capture()
     shared = [0.0]
     try:
-        batches = epoch_batches(
-            draw, first.train_images, first.train_labels, first.dataset, first.options.channels_last
-        )
+        clock = LoaderClock()  # one loader serves every member: each reports its throughput
+        for member in epoch.members:
+            member.state.clock = clock
+        batches = first.batches(draw)
         for step in range(draw.steps):
             tick = time.perf_counter()
             batch, views = next(batches)  # the batch's crops, flips and strong copy: made once for the cohort
@@ -205,7 +204,8 @@ def _train_epoch(epoch: _Epoch) -> tuple[dict[int, dict[str, torch.Tensor]], flo
         if capture is not None:
             capture.close()
         epoch.close()
-    means = {key: {name: total / draw.steps for name, total in sums.items()} for key, sums in epoch.sums.items()}
+    by_key = {id(m): m for m in epoch.members}
+    means = {key: by_key[key].state.mean_terms(sums, draw.steps) for key, sums in epoch.sums.items()}
     return means, shared[0]
 
 

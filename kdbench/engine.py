@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,7 +43,8 @@ from kdbench.errors import CheckpointError, KdbenchError
 from kdbench.features import SIGNALS, FeatureCapture, Signals, concat_signals
 from kdbench.files import atomic_torch_save, load_state
 from kdbench.records import EpochRecord, RunInfo, RunResult
-from kdbench.specs import DatasetSpec, ImageData, Recipe
+from kdbench.specs import AugmentSpec, DatasetSpec, ImageData, ImageFiles, Recipe, ResizedCropSpec
+from kdbench.stream import KEY_BOUND, LoaderSpec, StreamRequest
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -52,6 +54,7 @@ __all__ = [
     "DistillerFactory",
     "EngineOptions",
     "EpochDraw",
+    "LoaderClock",
     "Observer",
     "RunState",
     "Segment",
@@ -59,15 +62,18 @@ __all__ = [
     "TeacherLogits",
     "TrainedModel",
     "add_terms",
+    "calibration_batches",
     "draw_epoch",
     "end_epoch",
     "epoch_batches",
     "evaluate",
+    "evaluate_files",
     "evaluate_top1",
     "finish_run",
     "forward_signals",
     "probe_signals",
     "resume_state",
+    "stream_batches",
     "train",
 ]
 
@@ -100,8 +106,32 @@ class EngineOptions:
     progress: bool = False
     fused_sgd: bool = False
     """One fused kernel per SGD step: the same update formula, rounded differently (FMA; 1 ulp after a step)."""
+    loader: LoaderSpec | None = None
+    """How a streaming dataset's batches are read (see :mod:`kdbench.stream`); needed only for one."""
+    loader_workers: int = 0
+    """Worker processes the loader may use (0: it reads in this process)."""
+    rank: int = 0
+    """This process's rank among ``world_size`` training one run together (DDP; the group is initialised)."""
+    world_size: int = 1
+
+    @property
+    def loader_name(self) -> str:
+        """Return the streaming loader's name ("" without one)."""
+        return self.loader.name if self.loader else ""
+
+    @property
+    def distributed(self) -> bool:
+        """Return whether several processes train this run together (each on its part of every batch)."""
+        return self.world_size > 1
+
+    @property
+    def writes(self) -> bool:
+        """Return whether this process writes checkpoints, weights and notifications (rank 0)."""
+        return self.rank == 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise KdbenchError(f"rank {self.rank} is not in a world of {self.world_size}")
         if (self.bf16 or self.channels_last or self.fused_sgd) and self.device.type != "cuda":
             raise KdbenchError(
                 "--bf16, --channels-last and --fused-sgd are CUDA switches; drop them or use --device cuda"
@@ -153,13 +183,16 @@ class EpochDraw:
     """
 
     order: torch.Tensor
-    views: Views
+    views: Views | None
+    """Device-resident data: every sample's crop offsets and flip (None for a streaming dataset)."""
     steps: int
     batch_size: int
     num_train: int
     policy: RandAugmentPolicy | None
     generator: torch.Generator
     method_state: torch.Tensor
+    keys: torch.Tensor | None = None
+    """Streaming data: one key per position of ``order``, from which its crop and flip follow."""
 
     def method_generator(self) -> torch.Generator:
         """Return a new generator in the state the shared draws left (a run's methods draw from it)."""
@@ -173,6 +206,14 @@ def draw_epoch(
 ) -> EpochDraw:
     """Return the draws of global epoch ``position`` of a run with this seed, train-set size and recipe."""
     generator = _epoch_generator(seed, position, device)
+    if dataset.streaming:
+        if recipe.strong_copy:
+            raise KdbenchError(f"recipe strong_copy needs a device-resident dataset; {dataset.name} streams from disk")
+        order = torch.randperm(num_train, generator=generator, device=device)
+        keys = torch.randint(0, KEY_BOUND, (num_train,), generator=generator, device=device)
+        steps = _steps_per_epoch(num_train, recipe.batch_size)
+        state = generator.get_state()
+        return EpochDraw(order, None, steps, recipe.batch_size, num_train, None, generator, state, keys)
     policy = _strong_policy(recipe.strong_copy)
     samples = num_train * (2 if policy is not None else 1)  # with a strong copy: every image twice
     order = torch.randperm(samples, generator=generator, device=device)
@@ -186,6 +227,7 @@ def epoch_batches(
     draw: EpochDraw, images: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, channels_last: bool = False
 ) -> Iterator[tuple[Batch, Views]]:
     """Yield each step's batch (without a generator: give each run its own) and its samples' views, in order."""
+    assert draw.views is not None and isinstance(dataset.augment, AugmentSpec), "a device-resident draw"
     pad = dataset.augment.pad
     for step in range(draw.steps):
         drawn = draw.order[step * draw.batch_size : (step + 1) * draw.batch_size]
@@ -200,6 +242,141 @@ def epoch_batches(
         if channels_last:
             augmented = augmented.contiguous(memory_format=torch.channels_last)
         yield Batch(augmented, labels[index], index, raw=raw), views
+
+
+@dataclass(slots=True)
+class LoaderClock:
+    """What a streaming epoch measured: images delivered and seconds spent waiting for the loader."""
+
+    images: int = 0
+    wait: float = 0.0
+
+
+def _stream_spec(dataset: DatasetSpec) -> ResizedCropSpec:
+    if not isinstance(dataset.augment, ResizedCropSpec):
+        raise KdbenchError(f"dataset {dataset.name} gives image files but no ResizedCropSpec augmentation")
+    return dataset.augment
+
+
+def _loader(options: EngineOptions, dataset: DatasetSpec) -> LoaderSpec:
+    if options.loader is None:
+        raise KdbenchError(f"dataset {dataset.name} streams from disk: the engine needs a loader (options.loader)")
+    return options.loader
+
+
+def _shard(start: int, end: int, rank: int, world: int) -> tuple[int, int]:
+    """Return rank ``rank``'s contiguous part of positions [start, end) split over ``world`` ranks."""
+    size = end - start
+    return start + size * rank // world, start + size * (rank + 1) // world
+
+
+def stream_batches(
+    draw: EpochDraw,
+    files: ImageFiles,
+    labels: torch.Tensor,
+    dataset: DatasetSpec,
+    options: EngineOptions,
+    shard: tuple[int, int] = (0, 1),
+    clock: LoaderClock | None = None,
+) -> Iterator[tuple[Batch, None]]:
+    """Yield each step's batch of a streaming dataset (rank ``shard[0]`` of ``shard[1]``'s part of it).
+
+    The epoch's order and keys come to the host once; the loader decodes and transforms
+    each batch; normalisation runs on the device. ``clock`` adds up images and wait.
+    """
+    spec, rank, world = _stream_spec(dataset), shard[0], shard[1]
+    used = min(draw.steps * draw.batch_size, draw.num_train)
+    parts = [_shard(s, min(s + draw.batch_size, used), rank, world) for s in range(0, used, draw.batch_size)]
+    order, keys = draw.order.cpu().numpy(), draw.keys.cpu().numpy()  # type: ignore[union-attr]
+    positions = np.concatenate([np.arange(a, b) for a, b in parts])
+    request = StreamRequest(
+        files=files.train_files,
+        order=order[positions],
+        keys=keys[positions],
+        batch_sizes=tuple(b - a for a, b in parts),
+        size=dataset.image_size[-1],
+        augment=spec,
+        device=options.device,
+        workers=options.loader_workers,
+    )
+    images = _loader(options, dataset).load(request)
+    for a, b in parts:
+        tick = time.perf_counter()
+        raw = next(images)
+        if clock is not None:
+            clock.images += raw.shape[0]
+            clock.wait += time.perf_counter() - tick
+        index = draw.order[a:b]
+        x = normalize(raw, dataset.mean, dataset.std)
+        if options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield Batch(x, labels[index], index), None  # no ``raw``: these pixels are already cropped
+
+
+@torch.no_grad()
+def evaluate_files(
+    model: nn.Module,
+    files: ImageFiles,
+    labels: torch.Tensor,
+    dataset: DatasetSpec,
+    options: EngineOptions,
+    batch_size: int,
+    shard: tuple[int, int] = (0, 1),
+) -> torch.Tensor:
+    """Return the number of correct top-1 predictions on rank ``shard[0]``'s part of the test files (0-d, device)."""
+    spec, rank, world = _stream_spec(dataset), shard[0], shard[1]
+    start, end = _shard(0, files.num_test, rank, world)
+    sizes = tuple(min(batch_size, end - s) for s in range(start, end, batch_size))
+    request = StreamRequest(
+        files=files.test_files,
+        order=np.arange(start, end),
+        keys=None,
+        batch_sizes=sizes,
+        size=dataset.image_size[-1],
+        augment=spec,
+        device=options.device,
+        workers=options.loader_workers,
+    )
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=options.device)
+    position = start
+    for raw in _loader(options, dataset).load(request):
+        x = normalize(raw, dataset.mean, dataset.std)
+        with torch.autocast(options.device.type, dtype=torch.bfloat16, enabled=options.bf16):
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == labels[position : position + raw.shape[0]]).sum()
+        position += raw.shape[0]
+    model.train(was_training)
+    return correct
+
+
+def calibration_batches(
+    data: ImageData | ImageFiles, dataset: DatasetSpec, options: EngineOptions, count: int, size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Return ``count`` normalised train batches of ``size`` images (a fixed random choice) on the device.
+
+    Device-resident images are taken as they are; streamed ones get the eval transform (no random crop).
+    """
+    generator = torch.Generator().manual_seed(0)
+    labels = data.train_labels.cpu()
+    order = torch.randperm(labels.shape[0], generator=generator)[: count * size]
+    device = options.device
+    if isinstance(data, ImageData):
+        return [
+            (normalize(data.train_images[index].to(device), dataset.mean, dataset.std), labels[index].to(device))
+            for index in order.split(size)
+        ]
+    sizes = tuple(len(chunk) for chunk in order.split(size))
+    request = StreamRequest(
+        data.train_files, order.numpy(), None, sizes, dataset.image_size[-1], _stream_spec(dataset), device,
+        options.loader_workers,
+    )  # fmt: skip
+    loaded = _loader(options, dataset).load(request)
+    return [
+        (normalize(raw, dataset.mean, dataset.std), labels[index].to(device))
+        for raw, index in zip(loaded, order.split(size), strict=True)
+    ]
 
 
 class TeacherLogits(Protocol):
@@ -247,7 +424,11 @@ def evaluate(
 
 
 def evaluate_top1(
-    model: nn.Module, dataset: DatasetSpec, data: ImageData, options: EngineOptions, batch_size: int | None = None
+    model: nn.Module,
+    dataset: DatasetSpec,
+    data: ImageData | ImageFiles,
+    options: EngineOptions,
+    batch_size: int | None = None,
 ) -> float:
     """Return the test-set top-1 (%) of ``model`` on ``options.device``, rounded to 4 decimals.
 
@@ -255,6 +436,10 @@ def evaluate_top1(
     """
     device = options.device
     batch = Recipe().eval_batch_size if batch_size is None else batch_size
+    if isinstance(data, ImageFiles):
+        labels = data.test_labels.to(device)
+        correct = evaluate_files(model.to(device), data, labels, dataset, options, batch)
+        return round(float(correct.double() * 100.0 / max(1, data.num_test)), 4)
     images, labels = data.test_images.to(device), data.test_labels.to(device)
     return round(float(evaluate(model.to(device), images, labels, dataset, batch, options.bf16)), 4)
 
@@ -305,7 +490,7 @@ class RunState:
         recipe: Recipe,
         seed: int,
         dataset: DatasetSpec,
-        data: ImageData,
+        data: ImageData | ImageFiles,
         options: EngineOptions,
         *,
         student_name: str = "student",
@@ -324,10 +509,15 @@ class RunState:
         device = options.device
         self.student = student.to(device)
         self.teacher = teacher
-        self.train_images = data.train_images.to(device)
+        self.files = data if isinstance(data, ImageFiles) else None
+        self.train_images = None if self.files else data.train_images.to(device)  # type: ignore[union-attr]
+        self.test_images = None if self.files else data.test_images.to(device)  # type: ignore[union-attr]
         self.train_labels = data.train_labels.to(device)
-        self.test_images = data.test_images.to(device)
         self.test_labels = data.test_labels.to(device)
+        self.num_train = int(self.train_labels.shape[0])
+        #: What the run trains on (runs sharing it can share batches): the device images or the files.
+        self.source: object = self.files if self.files is not None else self.train_images
+        self.clock = LoaderClock()
         if not isinstance(distiller, Distiller):
             distiller = distiller(self.student, teacher.module if teacher else None, self._context(data))
         self.distiller: Distiller = distiller.to(device)
@@ -341,13 +531,16 @@ class RunState:
         self._optimizer_segment: Segment | None = None
         self.curve: list[EpochRecord] = []
         self.start_epoch = 0
+        if options.distributed:  # every rank starts from rank 0's weights, as DDP does
+            _broadcast_state(self.student)
+            _broadcast_state(self.distiller)
 
-    def _context(self, data: ImageData) -> DistillContext:
+    def _context(self, data: ImageData | ImageFiles) -> DistillContext:
         device, dataset, teacher = self.options.device, self.dataset, self.teacher
         return DistillContext(
             num_classes=dataset.num_classes,
             input_size=dataset.image_size,
-            num_train=data.train_images.shape[0],
+            num_train=self.num_train,
             student_name=self.student_name,
             teacher_name=teacher.name if teacher else None,
             student_shapes=probe_signals(self.student, dataset.image_size, device),
@@ -387,6 +580,8 @@ class RunState:
                 parameters = list(self.distiller.phase_parameters(segment.phase, self.student))
                 lr = settings.lr if segment.phase.lr is None else segment.phase.lr
                 self.optimizer = Distiller.make_optimizer(self.distiller, parameters, replace(settings, lr=lr))
+            if self.options.distributed:
+                self.optimizer.register_step_pre_hook(_average_gradients)
             self._optimizer_segment = segment
         assert self.optimizer is not None
         return self.optimizer
@@ -453,17 +648,13 @@ class RunState:
     def train_epoch(self, position: int) -> dict[str, torch.Tensor]:
         """Train global epoch ``position``; return the mean loss terms as device tensors (no host sync)."""
         segment, epoch, optimizer = self.start_epoch_of(position)
-        draw = draw_epoch(
-            self.seed, position, self.train_images.shape[0], self.recipe, self.dataset, self.options.device
-        )
+        self.clock = LoaderClock()
+        draw = self.draw(position)
         generator = draw.method_generator()
         student_capture, teacher_capture = self.captures(segment)
         sums: dict[str, torch.Tensor] = {}
         try:
-            batches = epoch_batches(
-                draw, self.train_images, self.train_labels, self.dataset, self.options.channels_last
-            )
-            for step, (batch, views) in enumerate(batches):
+            for step, (batch, views) in enumerate(self.batches(draw)):
                 batch = replace(batch, generator=generator)
                 progress = Progress(epoch, segment.epochs, step, draw.steps, phase=segment.name)
                 terms = self.step(segment, student_capture, teacher_capture, batch, progress, optimizer, views)
@@ -472,7 +663,36 @@ class RunState:
             for capture in (student_capture, teacher_capture):
                 if capture is not None:
                     capture.close()
-        return {name: total / draw.steps for name, total in sums.items()}
+        return self.mean_terms(sums, draw.steps)
+
+    def mean_terms(self, sums: Mapping[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+        """Return the epoch's mean loss terms (averaged over the ranks of a distributed run: one collective)."""
+        means = {name: total / steps for name, total in sums.items()}
+        if self.options.distributed and means:
+            import torch.distributed as dist
+
+            stacked = torch.stack([means[name].float() for name in sorted(means)])
+            dist.all_reduce(stacked)
+            means = dict(zip(sorted(means), (stacked / self.options.world_size).unbind(), strict=True))
+        return means
+
+    def draw(self, position: int) -> EpochDraw:
+        """Return the shared draws of global epoch ``position`` (order; views or keys)."""
+        return draw_epoch(self.seed, position, self.num_train, self.recipe, self.dataset, self.options.device)
+
+    def batches(self, draw: EpochDraw) -> Iterator[tuple[Batch, Views | None]]:
+        """Yield this process's part of each step's batch (and its views, for device-resident data)."""
+        options = self.options
+        if self.files is not None:
+            shard = (options.rank, options.world_size)
+            yield from stream_batches(draw, self.files, self.train_labels, self.dataset, options, shard, self.clock)
+            return
+        assert self.train_images is not None
+        batches = epoch_batches(draw, self.train_images, self.train_labels, self.dataset, options.channels_last)
+        for batch, views in batches:
+            if options.distributed:
+                batch, views = _rank_part(batch, views, options.rank, options.world_size)
+            yield batch, views
 
     def table_serves(self, segment: Segment) -> bool:
         """Return whether the teacher table replaces the teacher's forward in ``segment`` (logits only)."""
@@ -528,7 +748,25 @@ class RunState:
         return terms
 
     def test_top1(self) -> torch.Tensor:
-        """Return the student's test top-1 (%) as a 0-d device tensor (no host sync)."""
+        """Return the student's test top-1 (%) as a 0-d device tensor (no host sync).
+
+        A distributed run first gives every rank rank 0's BatchNorm statistics (DDP's
+        ``broadcast_buffers``); streamed test sets are split over the ranks.
+        """
+        options = self.options
+        if options.distributed:
+            _broadcast_state(self.student, buffers_only=True)
+        if self.files is not None:
+            shard = (options.rank, options.world_size)
+            correct = evaluate_files(
+                self.student, self.files, self.test_labels, self.dataset, options, self.recipe.eval_batch_size, shard
+            )
+            if options.distributed:
+                import torch.distributed as dist
+
+                dist.all_reduce(correct)
+            return correct.double() * 100.0 / max(1, self.files.num_test)
+        assert self.test_images is not None
         return evaluate(
             self.student,
             self.test_images,
@@ -537,6 +775,43 @@ class RunState:
             self.recipe.eval_batch_size,
             self.options.bf16,
         )
+
+
+def _rank_part(batch: Batch, views: Views, rank: int, world: int) -> tuple[Batch, Views]:
+    """Return rank ``rank``'s contiguous part of a global batch (and of its views)."""
+    a, b = _shard(0, batch.images.shape[0], rank, world)
+    part = replace(
+        batch,
+        images=batch.images[a:b],
+        targets=batch.targets[a:b],
+        indices=batch.indices[a:b],
+        raw=None if batch.raw is None else batch.raw[a:b],
+    )
+    return part, _subset(views, torch.arange(a, b, device=views.dy.device))
+
+
+def _broadcast_state(module: nn.Module, buffers_only: bool = False) -> None:
+    """Give every rank rank 0's parameters and buffers of ``module`` (its buffers only, with ``buffers_only``)."""
+    import torch.distributed as dist
+
+    tensors = [] if buffers_only else [p.data for p in module.parameters()]
+    tensors += [b for b in module.buffers() if b.is_floating_point() or b.dtype == torch.int64]
+    for tensor in tensors:
+        dist.broadcast(tensor, src=0)
+
+
+def _average_gradients(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Average the gradients of ``optimizer``'s parameters over the ranks: one all-reduce per step (DDP's math)."""
+    import torch.distributed as dist
+
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))
 
 
 def add_terms(sums: dict[str, torch.Tensor], terms: Mapping[str, torch.Tensor]) -> None:
@@ -560,6 +835,7 @@ def _epoch_to_dict(record: EpochRecord) -> dict[str, Any]:
         "test_top1": record.test_top1,
         "seconds": record.seconds,
         "phase": record.phase,
+        **({"throughput": dict(record.throughput)} if record.throughput else {}),
     }
 
 
@@ -571,6 +847,7 @@ def _epoch_from_dict(data: Mapping[str, Any]) -> EpochRecord:
         test_top1=float(data["test_top1"]),
         seconds=float(data["seconds"]),
         phase=str(data.get("phase", "main")),
+        throughput=dict(data["throughput"]) if data.get("throughput") else None,
     )
 
 
@@ -613,11 +890,12 @@ def train(
     ``label`` names the progress bar. Returns a finished or diverged :class:`RunResult`
     whose wall time is the sum of its epochs' times (resume-stable); errors propagate.
     """
-    observer = observer or Silent()
+    writes = state.options.writes
+    observer = observer if observer is not None and writes else Silent()  # only rank 0 tells the plugins
     run.work_dir.mkdir(parents=True, exist_ok=True)
     resume_state(state, run.work_dir)
     observer.notify("kdbench_run_start", run=run)
-    bar = _progress_bar(label or run.run_id, state.total_epochs, state.start_epoch, state.options.progress)
+    bar = _progress_bar(label or run.run_id, state.total_epochs, state.start_epoch, state.options.progress and writes)
     status = "finished"
     try:
         for position in range(state.start_epoch, state.total_epochs):
@@ -661,21 +939,47 @@ def end_epoch(
         test_top1=round(float(top1), 4),
         seconds=round(seconds + timer() - tick, 3),
         phase=segment.name,
+        throughput=_throughput(state, seconds),
     )
     state.curve.append(record)
     if not all(math.isfinite(v) for v in losses.values()):
         return None
-    checkpoint = run.work_dir / CHECKPOINT_NAME
-    atomic_torch_save(state.checkpoint(position), checkpoint, run.work_dir / PREVIOUS_CHECKPOINT_NAME)
-    observer.notify("kdbench_epoch_end", run=run, epoch=record)
+    if state.options.writes:
+        checkpoint = run.work_dir / CHECKPOINT_NAME
+        atomic_torch_save(state.checkpoint(position), checkpoint, run.work_dir / PREVIOUS_CHECKPOINT_NAME)
+        observer.notify("kdbench_epoch_end", run=run, epoch=record)
+        if record.throughput is not None:
+            print(
+                f"kdbench: {run.run_id} epoch {position}: {record.throughput['images_per_second']:,.0f} images/s, "
+                f"{record.throughput['data_wait']:.0%} of it waiting for data ({state.options.loader_name})",
+                file=sys.stderr,
+            )
+    _barrier(state.options)
     return record
+
+
+def _throughput(state: RunState, seconds: float) -> dict[str, float] | None:
+    """Return a streaming epoch's images/s (all ranks) and this rank's share of time waiting for data."""
+    if state.files is None or seconds <= 0:
+        return None
+    images = state.clock.images * state.options.world_size
+    return {"images_per_second": round(images / seconds, 1), "data_wait": round(state.clock.wait / seconds, 4)}
+
+
+def _barrier(options: EngineOptions) -> None:
+    """Wait for every rank of a distributed run (nothing to do in a single process)."""
+    if options.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def finish_run(run: RunInfo, state: RunState, status: str, final_extras: Mapping[str, Any] | None) -> RunResult:
     """Write the final weights of a finished run (keeping any earlier ones); return its result."""
-    if status == "finished":
+    if status == "finished" and state.options.writes:
         final = {"arch": state.student_name, **(final_extras or {}), "model": state.student.state_dict()}
         atomic_torch_save(final, run.work_dir / FINAL_NAME, run.work_dir / PREVIOUS_FINAL_NAME)
+    _barrier(state.options)
     return _result(state.curve, status, state.distiller.extra_parameter_count())
 
 

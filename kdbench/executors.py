@@ -65,6 +65,8 @@ class ExecutorOptions:
     """Tasks at once (local: processes; None: one per visible GPU, else 1)."""
     runs_per_gpu: int = 1
     """Tasks sharing one GPU (local: processes per GPU; Ray: fractional ``num_gpus``)."""
+    processes_per_run: int = 1
+    """DDP processes of one run (``--nproc-per-node``): a task then needs that many GPUs of one node."""
     device: str = "cpu"
     """The training device the runs were asked for (``cuda``: tasks are given GPUs)."""
     wait: bool = True

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from kdbench.executors import ExecutorSpec
     from kdbench.records import EpochRecord, RunInfo, RunResult
     from kdbench.specs import DatasetSpec, DistillerSpec, ModelSpec, PrunerSpec, SuiteSpec, TeacherSpec
+    from kdbench.stream import LoaderSpec
 
 __all__ = ["CONTRACT_VERSION", "PROJECT", "hookimpl", "hookspec"]
 
@@ -71,6 +72,16 @@ def kdbench_register_executors() -> list[ExecutorSpec]:
 
     Each :class:`kdbench.executors.ExecutorSpec` names a builder ``builder(options)``
     returning a :class:`kdbench.executors.Executor`; ``kdbench run --executor NAME`` uses it.
+    """
+
+
+@hookspec
+def kdbench_register_loaders() -> list[LoaderSpec]:
+    """Return loaders: ways of reading a streaming dataset's batches onto the device (PIL workers, GPU decode, DALI).
+
+    Each :class:`kdbench.stream.LoaderSpec` has ``load(request)`` yielding one uint8 batch tensor
+    per batch of a :class:`kdbench.stream.StreamRequest`, transformed as the request's keys say;
+    ``kdbench run --loader NAME`` (default ``auto``) picks one.
     """
 
 

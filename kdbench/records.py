@@ -47,6 +47,9 @@ class EpochRecord:
     test_top1: float
     seconds: float
     phase: str = "main"
+    throughput: Mapping[str, float] | None = None
+    """Streaming datasets: ``images_per_second`` trained and ``data_wait`` (the share of the epoch's
+    training time spent waiting for the loader); None for device-resident data."""
 
 
 @final

@@ -15,6 +15,7 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from torch import nn
 
 import kdbench
 from kdbench._plugins import PluginHost
-from kdbench.augment import normalize, num_views
+from kdbench.augment import num_views
 from kdbench.cohort import CohortMember, train_cohort
 from kdbench.distiller import Distiller
 from kdbench.engine import (
@@ -42,6 +43,7 @@ from kdbench.engine import (
     EngineOptions,
     RunState,
     TrainedModel,
+    calibration_batches,
     evaluate_top1,
     train,
 )
@@ -73,7 +75,7 @@ from kdbench.pruning import (
 from kdbench.records import RunInfo, RunResult
 from kdbench.results import RESULT_FILE, RESULT_STATUSES, ResultsStore, read_result_file
 from kdbench.schedule import MethodTraits, Schedule, ScheduleOptions, TableCost, make_schedule
-from kdbench.specs import DatasetSpec, ImageData, SuiteSpec
+from kdbench.specs import DatasetSpec, ImageData, ImageFiles, SuiteSpec
 from kdbench.table import TeacherTable, build_table, table_key, weights_digest
 from kdbench.weights import create_model
 
@@ -153,10 +155,19 @@ def _versions(host: PluginHost) -> dict[str, Any]:
     }
 
 
-def data_digest(data: ImageData) -> str:
-    """Return the SHA-256 (first 16 hex digits) of a dataset's pixels and labels as loaded."""
+def data_digest(data: ImageData | ImageFiles, root: Path | None = None) -> str:
+    """Return the SHA-256 (first 16 hex digits) of a dataset as loaded: its pixels and labels, or, streamed,
+    its file names (relative to ``root``) and labels."""
     digest = hashlib.sha256()
-    for tensor in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+    if isinstance(data, ImageFiles):
+        prefix = f"{Path(root).expanduser().resolve()}{os.sep}" if root is not None else ""
+        for files in (data.train_files, data.test_files):
+            names = (f.removeprefix(prefix) for f in files)
+            digest.update("\n".join(names).encode() + b"\0")
+        tensors = (data.train_labels, data.test_labels)
+    else:
+        tensors = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+    for tensor in tensors:
         digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
     return digest.hexdigest()[:16]
 
@@ -168,11 +179,11 @@ class Workspace:
         self.host = host
         self.options = options
         self.device = options.engine.device
-        self._data: dict[str, ImageData] = {}
+        self._data: dict[str, ImageData | ImageFiles] = {}
         self._teachers: dict[WeightsRef, TrainedModel] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._provenance: dict[str, dict[str, Any]] = {}
-        self._device_data: dict[str, ImageData] = {}
+        self._device_data: dict[str, ImageData | ImageFiles] = {}
         self._tables: dict[tuple[WeightsRef, str], TeacherTable] = {}
         self._sizes: dict[tuple[str, str], int] = {}
         self.schedule = Schedule()
@@ -184,18 +195,33 @@ class Workspace:
         """Return the spec of dataset ``name``."""
         return self.host.datasets.get(name)
 
-    def data(self, name: str) -> ImageData:
+    def data(self, name: str) -> ImageData | ImageFiles:
         """Return dataset ``name``, loaded once per process (missing data raises DataNotFoundError)."""
         if name not in self._data:
-            data = self.dataset(name).loader(self.options.data_root, self.options.download)
+            spec = self.dataset(name)
+            data = spec.loader(self.options.data_root, self.options.download)
+            if isinstance(data, ImageFiles) != spec.streaming:
+                raise PluginError(
+                    f"dataset {name}: its loader returned {type(data).__name__}, which does not fit its "
+                    f"{type(spec.augment).__name__} (ImageData goes with AugmentSpec, ImageFiles with "
+                    "ResizedCropSpec); fix the plugin"
+                )
             self._data[name] = data
-            self._provenance[name] = {"digest": data_digest(data), "verified": data.verified}
+            self._provenance[name] = {"digest": data_digest(data, self.options.data_root), "verified": data.verified}
         return self._data[name]
 
-    def device_data(self, name: str) -> ImageData:
-        """Return dataset ``name`` on the training device, moved once per process (runs of a cohort share it)."""
+    def device_data(self, name: str) -> ImageData | ImageFiles:
+        """Return dataset ``name`` on the training device, moved once per process (runs of a cohort share it).
+
+        A streamed dataset keeps its files where they are; only its labels move.
+        """
         if name not in self._device_data:
             data = self.data(name)
+            if isinstance(data, ImageFiles):
+                self._device_data[name] = replace(
+                    data, train_labels=data.train_labels.to(self.device), test_labels=data.test_labels.to(self.device)
+                )
+                return self._device_data[name]
             self._device_data[name] = ImageData(
                 train_images=data.train_images.to(self.device),
                 train_labels=data.train_labels.to(self.device),
@@ -322,6 +348,7 @@ class Workspace:
                     "test_top1": e.test_top1,
                     "seconds": e.seconds,
                     "phase": e.phase,
+                    **({"throughput": dict(e.throughput)} if e.throughput else {}),
                 }
                 for e in result.curve
             ],
@@ -448,18 +475,6 @@ def _student_profile(run: TrainRun, state: RunState, workspace: Workspace, extra
     return workspace.profile(state.student, run.dataset, extra_params)
 
 
-def _calibration_batches(
-    data: ImageData, dataset: DatasetSpec, device: torch.device, count: int, size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Return ``count`` normalised train batches of ``size`` images (a fixed random choice) on ``device``."""
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(data.train_images.shape[0], generator=generator)[: count * size]
-    return [
-        (normalize(data.train_images[index].to(device), dataset.mean, dataset.std), data.train_labels[index].to(device))
-        for index in order.split(size)
-    ]
-
-
 def _keep_zeros(model: nn.Module) -> None:
     """Mask the gradients of pruned (zero) conv/linear weights so fine-tuning keeps them at zero.
 
@@ -486,7 +501,7 @@ def _prune(run: PruneRun, workspace: Workspace) -> Outcome:
     model = _source_model(run, workspace).to(workspace.device)
     before = {"top1": evaluate_top1(model, dataset, data, options), "profile": workspace.profile(model, run.dataset, 0)}
     example = torch.zeros(1, *dataset.image_size, device=workspace.device)
-    batches = _calibration_batches(data, dataset, workspace.device, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
+    batches = calibration_batches(data, dataset, options, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
     calibration = calibration_from_batches(batches, F.cross_entropy)
     settings = PruneSettings(**run.settings)
     model = prune_model(workspace.host, model, run.pruner, run.params, example, settings, calibration)
@@ -555,6 +570,10 @@ def _execution(run: PlannedRun, workspace: Workspace, cohort: int) -> dict[str, 
         execution["switches"] = switches
     if isinstance(run, TrainRun) and run.run_id in workspace.schedule.table_runs and run.teacher is not None:
         execution["teacher_table"] = workspace.table(run).path.stem
+    if engine.distributed:  # BatchNorm statistics per process: numbers differ from one process's
+        execution["processes"] = engine.world_size
+    if workspace.dataset(run.dataset).streaming:  # pixels differ between loaders by rounding
+        execution["loader"] = engine.loader_name
     return execution or None
 
 
@@ -570,6 +589,8 @@ def _conclude(
     """Write the record of a run that ended (run directory, store), drop its resume checkpoints, notify."""
     record = workspace.record(suite, run, result, profile, execution)
     info = _info(run, workspace)
+    if not workspace.options.engine.writes:  # another rank of a distributed run writes it
+        return record
     info.work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(info.work_dir / RESULT_NAME, json.dumps(record, sort_keys=True, indent=1) + "\n")
     if store is not None:
@@ -812,6 +833,14 @@ def schedule_runs(runs: Sequence[PlannedRun], workspace: Workspace, data_loaded:
     """
     options = workspace.options.schedule
     if workspace.options.engine.bf16 and options.teacher_table != "off":
+        options = replace(options, teacher_table="off")
+    streamed = sorted({run.dataset for run in runs if workspace.dataset(run.dataset).streaming})
+    if streamed and options.teacher_table != "off":
+        if options.teacher_table == "on":
+            raise KdbenchError(
+                f"--teacher-table on: {', '.join(streamed)} streams from disk, and its random resized crops are "
+                "too many views to tabulate; use --teacher-table auto or off"
+            )
         options = replace(options, teacher_table="off")
 
     def table_cost(run: TrainRun) -> TableCost:

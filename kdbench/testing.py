@@ -36,7 +36,17 @@ from kdbench.errors import KdbenchError
 from kdbench.features import SIGNALS, FeatureCapture, FeatureTaps, Signals
 from kdbench.files import atomic_torch_save
 from kdbench.hookspecs import hookimpl
-from kdbench.specs import AugmentSpec, DatasetSpec, DistillerSpec, ImageData, ModelSpec, PrunerSpec, Recipe
+from kdbench.specs import (
+    AugmentSpec,
+    DatasetSpec,
+    DistillerSpec,
+    ImageData,
+    ImageFiles,
+    ModelSpec,
+    PrunerSpec,
+    Recipe,
+    ResizedCropSpec,
+)
 
 __all__ = [
     "TinyNet",
@@ -45,9 +55,11 @@ __all__ = [
     "check_model",
     "check_pruner",
     "synthetic_dataset_spec",
+    "synthetic_files_spec",
     "synthetic_image_data",
     "tiny_model",
     "tiny_model_specs",
+    "write_image_folder",
 ]
 
 #: Stem and stage widths of the two tiny architectures (the teacher is twice as wide).
@@ -179,6 +191,70 @@ def synthetic_dataset_spec(
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         augment=AugmentSpec(pad=max(1, size // 8), flip=True),
+        citation="kdbench.testing (for plugin tests)",
+    )
+
+
+def write_image_folder(
+    root: Path, num_classes: int = 4, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
+) -> Path:
+    """Write a learnable JPEG dataset in the ImageFolder layout: ``root/{train,val}/class_NN/NNNN.JPEG``.
+
+    Each class is a smooth colour prototype plus noise, at random sizes between ``sizes`` (width and
+    height drawn apart); ``train`` / ``test`` images per class. Returns ``root``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((num_classes, 3, 3, 3))
+    for split, count in (("train", train), ("val", test)):
+        for label in range(num_classes):
+            folder = Path(root) / split / f"class_{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                width, height = (int(v) for v in rng.integers(sizes[0], sizes[1] + 1, size=2))
+                base = Image.fromarray((prototypes[label] * 255).astype(np.uint8)).resize((width, height))
+                noise = rng.integers(0, 60, size=(height, width, 3))
+                pixels = np.clip(np.asarray(base, dtype=np.int64) * 0.8 + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index:04d}.JPEG", quality=90)
+    return Path(root)
+
+
+def _folder_files(root: Path) -> ImageFiles:
+    def split(name: str) -> tuple[list[str], list[int]]:
+        classes = sorted(p.name for p in (root / name).iterdir() if p.is_dir())
+        files = [(str(f), label) for label, c in enumerate(classes) for f in sorted((root / name / c).glob("*.JPEG"))]
+        return [f for f, _ in files], [label for _, label in files]
+
+    train_files, train_labels = split("train")
+    test_files, test_labels = split("val")
+    return ImageFiles(
+        tuple(train_files), torch.tensor(train_labels), tuple(test_files), torch.tensor(test_labels), verified=None
+    )
+
+
+def synthetic_files_spec(num_classes: int = 4, *, size: int = 32, folder: str = "synthetic-files") -> DatasetSpec:
+    """Return the spec of streaming dataset ``"synthetic-files"``: the ImageFolder under ``DATA_ROOT/folder``.
+
+    Write the folder with :func:`write_image_folder` first. Images are random-resized-cropped to
+    ``size`` (eval: shorter side to ``size * 8 // 7``, then the centre crop), as ImageNet's are to 224.
+    """
+
+    def load(root: Path, download: bool) -> ImageFiles:
+        if not (Path(root) / folder / "train").is_dir():
+            raise KdbenchError(f"no image folder at {Path(root) / folder}; write one with write_image_folder")
+        return _folder_files(Path(root) / folder)
+
+    return DatasetSpec(
+        name="synthetic-files",
+        loader=load,
+        description=f"kdbench.testing JPEG image folder: {num_classes} classes, streamed",
+        num_classes=num_classes,
+        image_size=(3, size, size),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        augment=ResizedCropSpec(eval_resize=size * 8 // 7),
         citation="kdbench.testing (for plugin tests)",
     )
 

@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
             "augment",
             "losses",
             "executors",
+            "stream",
+            "distributed",
         ],
         0,
     ),
@@ -44,7 +46,7 @@ LAYERS: dict[str, int] = {
 #: Modules that never import torch, the engine or the runner at import time (what boards and --check load).
 TORCH_FREE = {"errors", "files", "locks", "specs", "suites", "records", "hookspecs", "derived", "_plugins", "_api",
               "plan", "schedule", "results", "publish", "leaderboard", "plots", "reports", "cli", "executors",
-              "__init__"}  # fmt: skip
+              "stream", "distributed", "__init__"}  # fmt: skip
 #: Publishing renders from files: never from the engine, runner, weights or pruning, even lazily.
 NEVER = {"publish": {"engine", "runner", "weights", "pruning", "profile"}}
 NEVER |= {name: NEVER["publish"] for name in ("leaderboard", "plots", "reports", "plan", "schedule")}

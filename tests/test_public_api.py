@@ -29,6 +29,7 @@ PUBLIC_MODULES = (
     "kdbench.losses",
     "kdbench.pruning",
     "kdbench.executors",
+    "kdbench.stream",
     "kdbench.testing",
 )
 _SUBMODULES = frozenset(name.removeprefix("kdbench.") for name in PUBLIC_MODULES if name != "kdbench")

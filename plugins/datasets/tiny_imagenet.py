@@ -10,6 +10,12 @@ On disk, as the official ``tiny-imagenet-200.zip`` extracts (under ``--data-root
     tiny-imagenet-200/val/images/*.JPEG              10,000 images
     tiny-imagenet-200/val/val_annotations.txt        <file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1> per val image
 
+Decoding the 110,000 JPEGs takes a while, so the decoded arrays are kept beside them after the first
+load, in ``tiny-imagenet-200/.kdbench-cache-<digest>.npz`` (uncompressed, about 1.3 GB): the digest
+covers the relative path, size and modification time of every file read, so a changed file makes a
+new cache (the old one is removed). A cache that cannot be read is ignored and rebuilt; a data root
+that cannot be written only means no cache.
+
 The labelled ``val`` split is the test set (the ``test`` images have no labels). Classes are numbered
 in sorted wnid order (torchvision's ImageFolder convention); grey-scale images become RGB.
 Augmentation and normalisation are not given by seed 001's README; kdbench uses the CIFAR recipe's
@@ -18,6 +24,8 @@ shape — a 4-pixel zero-padded random crop and horizontal flip — and ImageNet
 
 from __future__ import annotations
 
+import hashlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -32,6 +40,8 @@ __all__ = ["FOLDER", "URL", "load_tiny_imagenet"]
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 SIZE = 64
+CACHE_PREFIX = ".kdbench-cache-"
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -60,6 +70,44 @@ def _val_annotations(folder: Path, classes: dict[str, int]) -> tuple[list[Path],
         paths.append(folder / "val" / "images" / fields[0])
         labels.append(classes[fields[1]])
     return paths, labels
+
+
+def _digest(folder: Path, paths: list[Path]) -> str:
+    """Return a digest of ``paths``: their sorted paths relative to ``folder``, sizes and modification times."""
+    digest = hashlib.sha256(f"kdbench tiny-imagenet cache 1, {SIZE}px\n".encode())
+    for relative in sorted(path.relative_to(folder).as_posix() for path in paths):
+        try:
+            stat = (folder / relative).stat()
+        except FileNotFoundError:
+            raise DataNotFoundError(f"Tiny-ImageNet image {folder / relative} is listed but missing") from None
+        digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> ImageData | None:
+    """Return the dataset cached at ``path``, or None when there is none or it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return ImageData(*(torch.from_numpy(arrays[key]) for key in _CACHE_KEYS), verified=None)
+    except Exception:  # truncated, foreign or unreadable: decoded again and rewritten
+        return None
+
+
+def _write_cache(path: Path, data: ImageData) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename) and remove older caches."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as handle:
+            np.savez(handle, **{key: getattr(data, key).numpy() for key in _CACHE_KEYS})
+        os.replace(temporary, path)
+    except OSError:  # a read-only or full disk: no cache, the data itself is fine
+        temporary.unlink(missing_ok=True)
+        return
+    for stale in path.parent.glob(f"{CACHE_PREFIX}*.npz"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
 
 
 def _download(root: Path) -> None:
@@ -91,9 +139,15 @@ def load_tiny_imagenet(root: Path, download: bool) -> ImageData:
             raise DataNotFoundError(f"Tiny-ImageNet class {wnid} has no images in {folder / 'train' / wnid / 'images'}")
         train_paths += images
         train_labels += [classes[wnid]] * len(images)
-    train = _stack(train_paths, train_labels)
-    test = _stack(*_val_annotations(folder, classes))
-    return ImageData(train[0], train[1], test[0], test[1], verified=None)
+    test_paths, test_labels = _val_annotations(folder, classes)
+    listed = [folder / "wnids.txt", folder / "val" / "val_annotations.txt", *train_paths, *test_paths]
+    cache = folder / f"{CACHE_PREFIX}{_digest(folder, listed)}.npz"
+    data = _read_cache(cache)
+    if data is None:
+        train, test = _stack(train_paths, train_labels), _stack(test_paths, test_labels)
+        data = ImageData(train[0], train[1], test[0], test[1], verified=None)
+        _write_cache(cache, data)
+    return data
 
 
 @hookimpl

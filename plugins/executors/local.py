@@ -46,12 +46,16 @@ class LocalExecutor:
 
     def __init__(self, options: ExecutorOptions) -> None:
         gpus = visible_gpus() if options.device.startswith("cuda") else []
-        workers = options.workers or max(1, len(gpus))
-        if workers < 1 or options.runs_per_gpu < 1:
+        if (options.workers is not None and options.workers < 1) or options.runs_per_gpu < 1:
             raise ValueError("--workers and --runs-per-gpu must be at least 1")
         per_gpu = options.runs_per_gpu if gpus else 1
+        group = options.processes_per_run if gpus else 1  # a run of N processes gets N GPUs
+        if gpus and len(gpus) < group:
+            raise ValueError(f"a run of {group} processes needs {group} GPUs; {len(gpus)} visible")
+        groups = [",".join(gpus[i : i + group]) for i in range(0, len(gpus) - group + 1, group)]
+        workers = options.workers or max(1, len(groups))
         self.slots = [
-            _Slot(gpus[worker % len(gpus)] if gpus else None) for worker in range(workers) for _ in range(per_gpu)
+            _Slot(groups[worker % len(groups)] if gpus else None) for worker in range(workers) for _ in range(per_gpu)
         ]
 
     def capacity(self) -> int:

@@ -50,7 +50,8 @@ class TaskCommand:
 def _parameters(options: ExecutorOptions) -> dict[str, Any]:
     """Return submitit's SlurmExecutor parameters from the ``slurm_*`` settings (unknown ones refused)."""
     settings = dict(options.settings)
-    gpus = int(settings.pop("slurm_gpus", 1 if options.device.startswith("cuda") else 0))
+    per_run = options.processes_per_run  # a run of N DDP processes: N GPUs of one node
+    gpus = int(settings.pop("slurm_gpus", per_run if options.device.startswith("cuda") else 0))
     parameters: dict[str, Any] = {"time": int(settings.pop("slurm_time", 24 * 60)), "job_name": "kdbench"}
     if gpus:
         parameters["gpus_per_task"] = gpus

@@ -1,0 +1,141 @@
+"""One run trained by two processes (DDP over gloo): the one-process loss curve, and an exact resume after a kill.
+
+Every test starts real processes: ``kdbench execute PLAN --run ID --nproc-per-node 2`` launches
+two ranks, torchrun's way, which join a gloo group and split every global batch between them.
+The model has no BatchNorm (per-process batch statistics are DDP's, not one process's), so two
+processes must give one process's numbers up to float summation order: losses within 1e-5
+relative, the same test top-1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_distribution
+
+from kdbench.plan import Plan
+
+MLP = '''
+from torch import nn
+
+from kdbench import FeatureTaps, ModelSpec, hookimpl
+
+
+class FlatMLP(nn.Module):
+    """An MLP for 8×8 digits without BatchNorm: two processes then compute one process's numbers."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.hidden = nn.Linear(64, 32)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(32, num_classes)
+        self.feature_taps = FeatureTaps(stages=("relu",), classifier="fc")
+
+    def forward(self, x):
+        return self.fc(self.relu(self.hidden(self.flat(x)).view(x.shape[0], 32, 1, 1)).flatten(1))
+
+
+@hookimpl
+def kdbench_register_models():
+    return [ModelSpec(name="flat_mlp", builder=FlatMLP, description="BN-free digits MLP (tests)",
+                      input_size=(1, 8, 8), default_num_classes=10)]
+'''
+SUITE = """
+name = "ddp"
+description = "a BN-free MLP on digits, for DDP tests"
+dataset = "digits"
+distillers = ["vanilla"]
+seeds = [0]
+
+[recipe]
+epochs = EPOCHS
+batch_size = 64
+lr = 0.1
+lr_milestones = [3]
+eval_batch_size = 512
+
+[[pairs]]
+teacher = "flat_mlp"
+student = "flat_mlp"
+"""
+QUIET = ["--no-progress", "--latency-batch-sizes", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    make_distribution(site, "kdbench-flat-mlp", "1.0", {"flat_mlp": "kdbench_flat_mlp"}, {"kdbench_flat_mlp": MLP})
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+
+
+def _plan(tmp_path: Path, env: dict[str, str], epochs: int) -> tuple[Path, str]:
+    suite = tmp_path / "ddp.toml"
+    suite.write_text(SUITE.replace("EPOCHS", str(epochs)), encoding="utf-8")
+    plan_file = tmp_path / "plan.json"
+    command = [sys.executable, "-m", "kdbench", "plan", "--suite", str(suite), "-o", str(plan_file)]
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    (run,) = Plan.load(plan_file)  # the vanilla run of flat_mlp (teacher and student are one run)
+    return plan_file, run.run_id
+
+
+def _execute(plan: Path, run_id: str, work: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "kdbench", "execute", str(plan), "--run", run_id, "--work-dir", str(work),
+               *QUIET, *extra]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _finished(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output.decode()
+
+
+def _curve(work: Path, run_id: str) -> list[tuple[float, float]]:
+    record = json.loads((work / run_id / "result.json").read_text())
+    assert record["status"] == "finished", record["error"]
+    return [(entry["losses"]["ce"], entry["test_top1"]) for entry in record["curve"]]
+
+
+def test_two_processes_give_one_process_curve(tmp_path: Path, env: dict[str, str]) -> None:
+    plan, run_id = _plan(tmp_path, env, epochs=4)
+    alone, pair = tmp_path / "one", tmp_path / "two"
+    _finished(_execute(plan, run_id, alone, env))
+    _finished(_execute(plan, run_id, pair, env, "--nproc-per-node", "2"))
+    one, two = _curve(alone, run_id), _curve(pair, run_id)
+    assert len(one) == len(two) == 4
+    for (loss_1, top1_1), (loss_2, top1_2) in zip(one, two, strict=True):
+        assert loss_2 == pytest.approx(loss_1, rel=1e-5)
+        assert abs(top1_2 - top1_1) <= 100 / 359 + 1e-9  # at most one of the 359 test images flips
+    record = json.loads((pair / run_id / "result.json").read_text())
+    assert record["versions"]["execution"]["processes"] == 2
+    names = sorted(p.name for p in (alone / run_id).iterdir())
+    assert sorted(p.name for p in (pair / run_id).iterdir()) == names  # rank 1 wrote nothing of its own
+    log = [len((work / run_id / "metrics.jsonl").read_text().splitlines()) for work in (alone, pair)]
+    assert log[0] == log[1] == 4  # the loggers heard each epoch once (rank 0 tells the plugins)
+
+
+def test_two_processes_resume_after_a_kill(tmp_path: Path, env: dict[str, str]) -> None:
+    plan, run_id = _plan(tmp_path, env, epochs=6)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _finished(_execute(plan, run_id, straight, env, "--nproc-per-node", "2"))
+
+    victim = _execute(plan, run_id, killed, env, "--nproc-per-node", "2")
+    checkpoint = killed / run_id / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
+    victim.wait()
+    assert not (killed / run_id / "result.json").exists()
+
+    _finished(_execute(plan, run_id, killed, env, "--nproc-per-node", "2"))
+    assert _curve(killed, run_id) == _curve(straight, run_id)  # resumed: the same numbers, bit for bit

@@ -1,0 +1,236 @@
+"""Streaming datasets: crops as torchvision draws and applies them, loaders that agree, exact resume."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import kdbench
+from kdbench import ResizedCropSpec
+from kdbench.engine import EngineOptions, RunState, calibration_batches, draw_epoch, evaluate_top1, train
+from kdbench.errors import KdbenchError
+from kdbench.records import RunInfo
+from kdbench.specs import Recipe
+from kdbench.stream import StreamRequest, eval_geometry, train_geometry
+from kdbench.testing import synthetic_files_spec, tiny_model, write_image_folder
+
+RECIPE = Recipe(epochs=2, batch_size=8, lr=0.05, lr_milestones=(), eval_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding a 4-class JPEG image folder (8 train / 4 val images per class, 40–72 px sides)."""
+    root = tmp_path_factory.mktemp("data")
+    write_image_folder(root / "synthetic-files", num_classes=4, train=8, test=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaders(host: kdbench.PluginHost) -> dict[str, kdbench.stream.LoaderSpec]:
+    return {spec.name: spec for spec in host.loaders}
+
+
+def _request(files: tuple[str, ...], train: bool, size: int = 32, workers: int = 0) -> StreamRequest:
+    order = np.arange(len(files))[::-1].copy()
+    keys = np.arange(len(files), dtype=np.int64) * 7919 + 11 if train else None
+    sizes = (10, 10, len(files) - 20)
+    return StreamRequest(files, order, keys, sizes, size, ResizedCropSpec(eval_resize=36), torch.device("cpu"), workers)
+
+
+def test_random_resized_crop_draws_as_torchvision() -> None:
+    """Area fraction and log aspect ratio have torchvision's distribution; every box fits its image."""
+    from torchvision.transforms import RandomResizedCrop
+
+    width, height, draws = 500, 375, 4000
+    ours = [train_geometry(width, height, key, ResizedCropSpec()) for key in range(draws)]
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    theirs = [RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(draws)]
+    for boxes in (ours, [(i, j, h, w) for i, j, h, w in theirs]):
+        for box in boxes:
+            top, left, h, w = (box.top, box.left, box.height, box.width) if not isinstance(box, tuple) else box
+            assert 0 <= top <= height - h and 0 <= left <= width - w and h > 0 and w > 0
+    area = [np.mean([b.height * b.width for b in ours]), np.mean([h * w for _, _, h, w in theirs])]
+    aspect = [
+        np.mean([math.log(b.width / b.height) for b in ours]),
+        np.mean([math.log(w / h) for _, _, h, w in theirs]),
+    ]
+    centre = [np.mean([b.left + b.width / 2 for b in ours]), np.mean([j + w / 2 for _, j, _, w in theirs])]
+    assert abs(area[0] - area[1]) / (width * height) < 0.015
+    assert abs(aspect[0] - aspect[1]) < 0.02
+    assert abs(centre[0] - centre[1]) < 4
+    flips = np.mean([b.flip for b in ours])
+    assert 0.47 < flips < 0.53
+
+
+def test_random_resized_crop_falls_back_to_torchvision_central_crop() -> None:
+    from torchvision.transforms import RandomResizedCrop
+
+    box = train_geometry(1000, 10, 5, ResizedCropSpec())  # no try fits: the clamped central crop
+    assert (box.top, box.left, box.height, box.width) == RandomResizedCrop.get_params(
+        torch.zeros(3, 10, 1000), (0.08, 1.0), (3 / 4, 4 / 3)
+    )
+
+
+def test_the_same_key_gives_the_same_crop() -> None:
+    first = train_geometry(333, 250, 42, ResizedCropSpec())
+    assert train_geometry(333, 250, 42, ResizedCropSpec()) == first
+    assert any(train_geometry(333, 250, key, ResizedCropSpec()) != first for key in range(43, 50))
+
+
+def test_pil_loader_is_torchvision_pixel_for_pixel(folder: Path, loaders) -> None:
+    """Eval is Resize(R) + CenterCrop(S); train is resized_crop(box) + flip: torchvision's own functions."""
+    from torchvision.transforms import CenterCrop, Compose, Resize
+    from torchvision.transforms import functional as tvf
+
+    files = synthetic_files_spec(4).loader(folder, False).train_files
+    for is_train in (False, True):
+        request = _request(files, is_train)
+        batches = torch.cat(list(loaders["pil"].load(request)))
+        for row, position in enumerate(range(len(files))):
+            with Image.open(files[request.order[position]]) as opened:
+                image = opened.convert("RGB")
+            if is_train:
+                box = train_geometry(image.width, image.height, int(request.keys[position]), request.augment)
+                expected = tvf.resized_crop(image, box.top, box.left, box.height, box.width, [32, 32])
+                expected = tvf.hflip(expected) if box.flip else expected
+            else:
+                expected = Compose([Resize(36), CenterCrop(32)])(image)
+            assert torch.equal(batches[row], torch.from_numpy(np.array(expected)).permute(2, 0, 1)), (is_train, row)
+
+
+def test_eval_geometry_is_torchvision_resize_then_centre_crop() -> None:
+    assert eval_geometry(500, 375, 256, 224) == ((341, 256), kdbench.stream.Box(16, 58, 224, 224))
+    with pytest.raises(ValueError, match="smaller than"):
+        eval_geometry(500, 375, 200, 224)
+
+
+def test_loaders_agree_and_workers_change_nothing(folder: Path, loaders) -> None:
+    """``decode`` (torchvision.io + tensor resize) is PIL's pipeline up to rounding; worker processes change no byte."""
+    files = synthetic_files_spec(4).loader(folder, False).train_files
+    for is_train in (True, False):
+        pil = torch.cat(list(loaders["pil"].load(_request(files, is_train))))
+        in_workers = torch.cat(list(loaders["pil"].load(_request(files, is_train, workers=2))))
+        decoded = torch.cat(list(loaders["decode"].load(_request(files, is_train))))
+        assert torch.equal(pil, in_workers)
+        difference = (pil.int() - decoded.int()).abs()
+        assert difference.max() <= 2 and difference.float().mean() < 0.05, (is_train, difference.max())
+        assert pil.shape == (len(files), 3, 32, 32) and pil.dtype == torch.uint8
+
+
+def _state(folder: Path, loader, recipe: Recipe = RECIPE, **options) -> RunState:
+    spec = synthetic_files_spec(4)
+    torch.manual_seed(0)
+    student = tiny_model("tiny_student", 4)
+    vanilla = kdbench.get_distiller("vanilla")
+    engine = EngineOptions(loader=loader, **options)
+    data = spec.loader(folder, False)
+    return RunState(student, lambda s, t, c: vanilla.builder(s, t, c), None, recipe, 0, spec, data, engine,
+                    identity={"run": "streaming"})  # fmt: skip
+
+
+def test_a_streamed_run_resumes_exactly_and_reports_its_throughput(folder: Path, loaders, tmp_path: Path) -> None:
+    info = RunInfo("streaming", {}, tmp_path / "straight", "cpu")
+    straight = train(info, _state(folder, loaders["pil"]))
+    assert all(e.throughput and e.throughput["images_per_second"] > 0 for e in straight.curve)
+    assert all(0 <= e.throughput["data_wait"] <= 1 for e in straight.curve)
+
+    interrupted = RunInfo("streaming", {}, tmp_path / "resumed", "cpu")
+    first = _state(folder, loaders["pil"])
+    first.total_epochs = 1  # stop after epoch 0, as a kill after its checkpoint would
+    train(interrupted, first)
+    resumed = train(interrupted, _state(folder, loaders["pil"], loader_workers=2))
+    assert [(e.losses, e.test_top1) for e in resumed.curve] == [(e.losses, e.test_top1) for e in straight.curve]
+    shutil.rmtree(tmp_path)
+
+
+def test_epoch_draws_are_fixed_by_seed_and_epoch() -> None:
+    spec = synthetic_files_spec(4)
+    a, b = (draw_epoch(3, 5, 32, RECIPE, spec, torch.device("cpu")) for _ in range(2))
+    assert torch.equal(a.order, b.order) and torch.equal(a.keys, b.keys) and a.views is None
+    assert not torch.equal(a.keys, draw_epoch(3, 6, 32, RECIPE, spec, torch.device("cpu")).keys)
+    with pytest.raises(KdbenchError, match="strong_copy needs a device-resident dataset"):
+        draw_epoch(3, 5, 32, Recipe(strong_copy="streamlined"), spec, torch.device("cpu"))
+
+
+def test_evaluation_and_calibration_read_through_the_loader(folder: Path, loaders) -> None:
+    spec, data = synthetic_files_spec(4), synthetic_files_spec(4).loader(folder, False)
+    options = EngineOptions(loader=loaders["pil"])
+    model = tiny_model("tiny_student", 4).eval()
+    top1 = evaluate_top1(model, spec, data, options, batch_size=5)
+    assert top1 == evaluate_top1(model, spec, data, options, batch_size=16)  # batching changes nothing
+    assert top1 in {100 * k / data.num_test for k in range(data.num_test + 1)}
+    batches = calibration_batches(data, spec, options, 2, 4)
+    assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 32, 32)] * 2
+    with pytest.raises(KdbenchError, match="needs a loader"):
+        evaluate_top1(model, spec, data, EngineOptions())
+
+
+def test_list_loaders_names_the_first_party_ones(capsys) -> None:
+    from kdbench.cli import main
+
+    assert main(["list", "loaders"]) == 0
+    out = capsys.readouterr().out
+    assert "pil" in out and "decode" in out and "cpu 20" in out
+
+
+GREY_LOADER = '''
+import torch
+from PIL import Image
+
+from kdbench import hookimpl
+from kdbench.stream import LoaderSpec
+
+
+def load_grey(request):
+    """Every image as its grey level, through the request's own crop boxes (a loader in 20 lines)."""
+    for start, end in request.bounds():
+        images = []
+        for position in range(start, end):
+            with Image.open(request.files[request.order[position]]) as opened:
+                image = opened.convert("L").convert("RGB")
+            resize, box = request.geometry(position, image.width, image.height)
+            if resize is not None:
+                image = image.resize(resize, Image.Resampling.BILINEAR)
+            image = image.crop((box.left, box.top, box.left + box.width, box.top + box.height))
+            image = image.resize((request.size, request.size), Image.Resampling.BILINEAR)
+            if box.flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            images.append(pixels.view(request.size, request.size, 3))
+        yield torch.stack(images).permute(0, 3, 1, 2).contiguous().to(request.device)
+
+
+@hookimpl
+def kdbench_register_loaders():
+    return [
+        LoaderSpec(name="grey", load=load_grey, description="grey levels (tests)"),
+        LoaderSpec(name="never", load=load_grey, description="needs a GPU", unavailable=lambda device: "no GPU here"),
+    ]
+'''
+
+
+def test_a_third_party_loader_is_listed_and_serves_a_run(fake_site: Path, folder: Path, tmp_path: Path, capsys) -> None:
+    from conftest import make_distribution
+
+    from kdbench.cli import _pick_loader
+
+    make_distribution(fake_site, "kdbench-grey", "0.1", {"grey": "kdbench_grey"}, {"kdbench_grey": GREY_LOADER})
+    host = kdbench.create_plugin_host()
+    assert {"grey", "never", "pil", "decode"} <= {spec.name for spec in host.loaders}
+    cpu = torch.device("cpu")
+    assert _pick_loader(host, "auto", cpu).name == "pil"  # the plugin gave no priority: never picked by itself
+    with pytest.raises(KdbenchError, match="--loader never cannot serve cpu: no GPU here"):
+        _pick_loader(host, "never", cpu)
+    grey = _pick_loader(host, "grey", cpu)
+    files = synthetic_files_spec(4).loader(folder, False).train_files
+    batch = torch.cat(list(grey.load(_request(files, True))))
+    assert torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 1], batch[:, 2])
+    result = train(RunInfo("grey", {}, tmp_path / "grey", "cpu"), _state(folder, grey))
+    assert result.status == "finished" and len(result.curve) == RECIPE.epochs
