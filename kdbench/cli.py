@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-render from the committed records and plans in --out, not the database (with --suite: re-plan it)",
     )
+    board.add_argument("--seeds", help="the board of ad-hoc runs made with these --seeds (needs --suite and --out)")
+    board.add_argument("--epochs", type=int, help="the board of ad-hoc runs made with --epochs (needs --suite, --out)")
 
     sub.add_parser("plugins", parents=[plugins], help="list plugins and what they register")
 
@@ -727,6 +729,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     boards = Boards(args.out)
     where = "" if args.out == DEFAULT_BOARDS else f" --out {args.out}"
+    adhoc = args.seeds is not None or args.epochs is not None
+    if adhoc and (not args.suite or args.out == DEFAULT_BOARDS or args.check or args.from_jsonl):
+        raise KdbenchError(
+            "--seeds / --epochs render the board of ad-hoc runs: give --suite and an --out other than "
+            f"{DEFAULT_BOARDS} (the suite's own board stays as its planned runs make it)"
+        )
     if args.check:
         return _check_leaderboards(args, boards, where)
     if args.from_jsonl and not args.suite:
@@ -763,7 +771,7 @@ def _write_from_store(args: argparse.Namespace, boards: Boards, host: PluginHost
                 print(f"leaderboard {name}: its suite is not registered here; the board is kept as it was rendered")
     with ResultsStore(args.results, read_only=True) as store:
         for name in names:
-            suite = _suite(name, host, boards)
+            suite = _adjust(_suite(name, host, boards), args.seeds, args.epochs)
             overrides = _teacher_overrides(args, suite, host, strict=bool(args.suite))
             wanted = {run.run_id for run in plan_suite(suite, host, overrides)}
             records = merged_records(store, wanted, boards.path(suite.name, ".jsonl"))

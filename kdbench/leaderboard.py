@@ -77,8 +77,9 @@ class Reported:
 
 
 def load_reported() -> list[Reported]:
-    """Return the published numbers shipped with kdbench (``kdbench/reference/cifar100_reported.csv``)."""
-    text = resources.files("kdbench").joinpath("reference/cifar100_reported.csv").read_text(encoding="utf-8")
+    """Return the published numbers shipped with kdbench (every ``kdbench/reference/*_reported.csv``, by name)."""
+    folder = resources.files("kdbench").joinpath("reference")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith("_reported.csv")), key=lambda f: f.name)
     return [
         Reported(
             r["source"],
@@ -90,7 +91,8 @@ def load_reported() -> list[Reported]:
             r["protocol"],
             int(r["runs"] or 0),
         )
-        for r in csv.DictReader(text.splitlines())
+        for f in files
+        for r in csv.DictReader(f.read_text(encoding="utf-8").splitlines())
     ]
 
 
@@ -132,7 +134,7 @@ class _Cell:
     expected: int
     failed: int
     unverified: int = 0
-    """Results made from data whose files differ from their published checksums."""
+    """Results made from data whose files differ from the published dataset (checksums, image counts)."""
     by_rule: Mapping[str, tuple[float, ...]] | None = None
     """The finished runs' numbers under each epoch rule (``best_top1``, ``last_top1``): what a Δ uses."""
     rule: str = "best_top1"
@@ -757,8 +759,8 @@ def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Rep
     ]
     if table.any_unverified():
         lines += [
-            "⚠unverified data: made from dataset files that differ from their published checksums (e.g. "
-            "torchvision's CIFAR MD5s): not comparable with published numbers.",
+            "⚠unverified data: made from dataset files that differ from the published dataset (e.g. "
+            "torchvision's CIFAR MD5s, or not ILSVRC2012's image counts): not comparable with published numbers.",
             "",
         ]
     lines += _execution_note(table)

@@ -89,7 +89,7 @@ def test_imagenet_reads_the_image_folder_layout_as_torchvision_does(tmp_path: Pa
     (first / "sub" / "c.JPEG").write_bytes(JPEGS[2])  # ImageFolder walks sub-folders
     data = _load("imagenet", tmp_path)
     assert (data.num_train, data.num_test) == (1003, 1000)
-    assert data.train_labels.dtype == torch.int64 and data.verified is None
+    assert data.train_labels.dtype == torch.int64 and data.verified is False  # not ILSVRC2012's image counts
     names = [Path(f).relative_to(folder / "train").as_posix() for f in data.train_files[:4]]
     assert names == [
         f"{WNIDS[0]}/a.png",
@@ -125,10 +125,16 @@ def test_missing_imagenet_names_the_folder_and_how_to_prepare_it(tmp_path: Path)
     assert f"{tmp_path / 'imagenet'}/train/<wnid>/*.JPEG" in message
 
 
-def test_imagenet_refuses_a_wrong_class_count_a_val_mismatch_and_an_empty_class(tmp_path: Path) -> None:
+def test_imagenet_refuses_a_wrong_class_count_a_val_mismatch_and_an_empty_class(tmp_path: Path, capsys) -> None:
     folder = _imagenet(tmp_path, WNIDS[:999])
-    with pytest.raises(DataNotFoundError, match=r"found 999 class folders in .*imagenet/train, expected 1000"):
+    partial = _load("imagenet", tmp_path)  # a partial ImageNet loads, loudly, as unverified data
+    assert partial.verified is False and partial.num_train == 999
+    assert "has 999 classes, 999 train and 999 val images, not ILSVRC2012's 1000" in capsys.readouterr().err
+    _write_classes(folder / "train", ["n99999998", "n99999999"])
+    with pytest.raises(DataNotFoundError, match=r"found 1001 class folders in .*imagenet/train, expected 1000"):
         _load("imagenet", tmp_path)
+    for extra in ("n99999998", "n99999999"):
+        shutil.rmtree(folder / "train" / extra)
     (folder / "train" / WNIDS[999]).mkdir()
     with pytest.raises(DataNotFoundError, match=rf"val differ.*missing in val: {WNIDS[999]}\)"):
         _load("imagenet", tmp_path)

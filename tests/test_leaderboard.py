@@ -523,7 +523,7 @@ def test_cells_made_from_unverified_data_say_so(host) -> None:
     assert (
         kd_row.count("⚠unverified data") == 2 and "⚠unverified data" not in text.split("| kd ")[0].split("| Student")[1]
     )
-    assert "⚠unverified data: made from dataset files that differ from their published checksums" in text
+    assert "⚠unverified data: made from dataset files that differ from the published dataset" in text
 
 
 SUITE_PLUGIN = """

@@ -18,8 +18,13 @@ is no download: get the three files from image-net.org yourself.
 Read as ``ImageFolder`` reads it (torchvision/datasets/folder.py: ``find_classes``, ``make_dataset``,
 ``IMG_EXTENSIONS``): classes are the sorted class folder names, numbered 0..999 in that order; the
 images of a class are the files under its folder (sub-folders included, symlinks followed) whose
-lower-cased name ends in one of ``IMG_EXTENSIONS``, in sorted order. Unlike ``ImageFolder``, a wrong
-class count, a val folder whose classes differ from train's, or an empty class is an error.
+lower-cased name ends in one of ``IMG_EXTENSIONS``, in sorted order. Unlike ``ImageFolder``, more
+than 1000 classes, a val folder whose classes differ from train's, or an empty class is an error.
+
+Completeness: the data is ``verified`` when it has ILSVRC2012's counts (1000 classes, 1,281,167
+train and 50,000 val images). Anything else — a partial extraction, a subset made for a quick check,
+a generated test folder — loads with a warning naming the counts, and its runs are marked
+``verified=False`` ("unverified data" on every board that shows them).
 
 Augmentation: torchvision's ImageNet recipe (``RandomResizedCrop(224)`` + flip; ``Resize(256)`` +
 ``CenterCrop(224)``) and ImageNet's mean and std.
@@ -27,6 +32,7 @@ Augmentation: torchvision's ImageNet recipe (``RandomResizedCrop(224)`` + flip; 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from kdbench import DatasetSpec, ImageFiles, ResizedCropSpec, hookimpl
@@ -38,6 +44,8 @@ __all__ = ["FOLDER", "load_imagenet"]
 
 FOLDER = IMAGENET
 NUM_CLASSES = 1000
+#: ILSVRC2012's train and val image counts (Russakovsky et al. 2015, table 2; torchvision's ImageNet).
+NUM_TRAIN, NUM_VAL = 1_281_167, 50_000
 CITATION = "O. Russakovsky et al., ImageNet Large Scale Visual Recognition Challenge, IJCV 115(3), 2015"
 
 
@@ -54,7 +62,7 @@ def _difference(train: list[str], val: list[str]) -> str:
 def _classes(folder: Path, root: Path) -> list[str]:
     """Return the 1000 sorted train class folders of ``folder``, checked against its val folder."""
     train = class_folders(folder / "train")
-    if len(train) != NUM_CLASSES:
+    if not train or len(train) > NUM_CLASSES:
         raise DataNotFoundError(
             f"ImageNet: found {len(train)} class folders in {folder / 'train'}, expected {NUM_CLASSES} wnid "
             f"folders (n01440764 …). Is --data-root right? {prepare_hint(root)}"
@@ -81,7 +89,16 @@ def load_imagenet(root: Path, download: bool) -> ImageFiles:
     classes = _classes(folder, root)
     train_files, train_labels = scan_image_folder(folder / "train", classes)
     test_files, test_labels = scan_image_folder(folder / "val", classes)
-    return ImageFiles(train_files, train_labels, test_files, test_labels, verified=None)
+    counts = (len(classes), len(train_files), len(test_files))
+    complete = counts == (NUM_CLASSES, NUM_TRAIN, NUM_VAL)
+    if not complete:
+        print(
+            f"kdbench: warning: ImageNet at {folder} has {counts[0]} classes, {counts[1]:,} train and {counts[2]:,} "
+            f"val images, not ILSVRC2012's {NUM_CLASSES}, {NUM_TRAIN:,} and {NUM_VAL:,}: its runs are marked "
+            "unverified data",
+            file=sys.stderr,
+        )
+    return ImageFiles(train_files, train_labels, test_files, test_labels, verified=complete)
 
 
 @hookimpl
