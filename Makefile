@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdbench-installed
 # Extra pip options, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu" for CPU-only torch.
 PIP_EXTRA ?=
+# The package extras installed into .venv (CI adds dali: `make test EXTRAS=dev,dali`).
+EXTRAS ?= dev
 
 .PHONY: demo test check-leaderboards check-smoke bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # CPU threads of torch for `make demo` (e.g. THREADS=1 on a busy machine); empty: torch's default.

@@ -10,6 +10,9 @@
 #    format): kd resnet32x4 → resnet8x4 plain, with every fast switch (bf16, channels_last), with the teacher
 #    table, and the 8-method cohort vs alone; images/s per run from the stored per-epoch seconds;
 # 4. bf16 fidelity on real data: the smoke suite (digits, 3 seeds) exact vs bf16 + channels_last + fused SGD;
+# 5. the ImageNet path: 1 epoch of kd resnet34 -> resnet18 (imagenet suite, bf16) on a generated ImageFolder of
+#    2,000 JPEGs (375-500 px) with each loader (pil, decode, dali if installed): images/s, data-wait share
+#    (section 2's loader benchmark also times pil / decode / dali on CUDA);
 # (3b.) --runs-per-gpu K = 1, 2, 4 for 4 small runs on one GPU (wall time each).
 # Nothing here is downloaded: torch must already be importable (the venv, or the machine's python).
 set -uo pipefail
@@ -91,4 +94,24 @@ for mode in exact fast; do
     $KD results export --results "$OUT/smoke-$mode.sqlite" --format jsonl -o "$OUT/smoke-$mode.jsonl" >/dev/null 2>&1
 done
 $KD compare "$OUT/smoke-exact.jsonl" "$OUT/smoke-fast.jsonl" --tolerance 0.5 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
+log "5. ImageNet path: 1 epoch of kd resnet34->resnet18 on 2,000 generated JPEGs, per loader"
+timeout 90 $PY - "$OUT/inet" <<'PYEOF'
+import sys
+from pathlib import Path
+import torch, torchvision
+from kdbench.testing import write_image_folder
+root = Path(sys.argv[1])
+folder = write_image_folder(root / "data" / "imagenet", num_classes=10, train=180, test=20, sizes=(375, 500))
+for split in ("train", "val"):
+    for index, path in enumerate(sorted((folder / split).iterdir())):
+        path.rename(path.with_name(f"n0144076{index}"))
+torch.save(torchvision.models.resnet34().state_dict(), root / "resnet34-b627a593.pth")
+PYEOF
+for L in pil decode dali; do
+    timeout 100 $KD run --suite imagenet -k "kd resnet18 seed=0" --epochs 1 --device cuda --bf16 --channels-last \
+        --data-root "$OUT/inet/data" --teacher resnet34="$OUT/inet/resnet34-b627a593.pth" --loader $L \
+        --results "$OUT/inet-$L.sqlite" --work-dir "$OUT/inet-runs-$L" --no-progress --latency-batch-sizes 1 \
+        >"$OUT/inet-$L.log" 2>&1
+    echo "loader $L: exit $? $(grep 'images/s' "$OUT/inet-$L.log" | tail -1)" | tee -a "$OUT/summary.txt"
+done
 log "done (outputs in $OUT)"

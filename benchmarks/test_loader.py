@@ -10,6 +10,7 @@ through one loader as the engine asks for a train epoch — RandomResizedCrop(22
 | ``pil`` (workers 0, 2) | PIL decode + crop + resize in DataLoader worker processes (the reference toolkits' way) |
 | ``decode`` | ``torchvision.io.decode_jpeg`` of the batch on the device, crops and resizes there; on the CPU it decodes
   in the training process, on CUDA with nvJPEG (PR pytorch/vision#8496) |
+| ``dali`` (if installed) | NVIDIA DALI: ROI decode of each crop, resize, flip (CPU operators; ``mixed`` on CUDA) |
 
 Images/s per benchmark is in its ``extra_info`` and printed at the end. On CUDA the GPU rows join
 ``benchmarks/gpu_check.sh`` (section 2).
@@ -58,9 +59,20 @@ def _request(files: tuple[str, ...], device: torch.device, workers: int, epoch: 
     return StreamRequest(files, order, keys, sizes, SIZE, ResizedCropSpec(), device, workers)
 
 
-CASES = [("pil", "cpu", 0), ("pil", "cpu", min(2, os.cpu_count() or 1)), ("decode", "cpu", 0)]
+def _has_dali() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+WORKERS = min(8, os.cpu_count() or 1)
+CASES = [("pil", "cpu", 0), ("pil", "cpu", min(2, WORKERS)), ("decode", "cpu", 0)]
+CASES += [("dali", "cpu", min(2, WORKERS))] if _has_dali() else []
 if torch.cuda.is_available():
-    CASES += [("pil", "cuda", min(8, os.cpu_count() or 1)), ("decode", "cuda", min(8, os.cpu_count() or 1))]
+    CASES += [("pil", "cuda", WORKERS), ("decode", "cuda", WORKERS)]
+    CASES += [("dali", "cuda", WORKERS)] if _has_dali() else []
 
 
 @pytest.mark.benchmark(group=GROUP)

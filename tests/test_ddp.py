@@ -43,10 +43,34 @@ class FlatMLP(nn.Module):
         return self.fc(self.relu(self.hidden(self.flat(x)).view(x.shape[0], 32, 1, 1)).flatten(1))
 
 
+class FlatConv(nn.Module):
+    """A BatchNorm-free conv net for 3×32×32 images (the streamed test dataset)."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+        self.feature_taps = FeatureTaps(stages=("relu",), classifier="fc")
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
 @hookimpl
 def kdbench_register_models():
     return [ModelSpec(name="flat_mlp", builder=FlatMLP, description="BN-free digits MLP (tests)",
-                      input_size=(1, 8, 8), default_num_classes=10)]
+                      input_size=(1, 8, 8), default_num_classes=10),
+            ModelSpec(name="flat_conv", builder=FlatConv, description="BN-free conv net (tests)",
+                      input_size=(3, 32, 32), default_num_classes=4)]
+
+
+@hookimpl
+def kdbench_register_datasets():
+    from kdbench.testing import synthetic_files_spec
+
+    return [synthetic_files_spec(4)]
 '''
 SUITE = """
 name = "ddp"
@@ -77,9 +101,13 @@ def env(tmp_path: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
-def _plan(tmp_path: Path, env: dict[str, str], epochs: int) -> tuple[Path, str]:
+def _plan(tmp_path: Path, env: dict[str, str], epochs: int, streamed: bool = False) -> tuple[Path, str]:
     suite = tmp_path / "ddp.toml"
-    suite.write_text(SUITE.replace("EPOCHS", str(epochs)), encoding="utf-8")
+    text = SUITE.replace("EPOCHS", str(epochs))
+    if streamed:  # the JPEG image folder, read by the pil loader, batch 16 split 8 + 8
+        text = text.replace('"digits"', '"synthetic-files"').replace("flat_mlp", "flat_conv")
+        text = text.replace("batch_size = 64", "batch_size = 16")
+    suite.write_text(text, encoding="utf-8")
     plan_file = tmp_path / "plan.json"
     command = [sys.executable, "-m", "kdbench", "plan", "--suite", str(suite), "-o", str(plan_file)]
     subprocess.run(command, env=env, check=True, capture_output=True)
@@ -120,6 +148,23 @@ def test_two_processes_give_one_process_curve(tmp_path: Path, env: dict[str, str
     assert sorted(p.name for p in (pair / run_id).iterdir()) == names  # rank 1 wrote nothing of its own
     log = [len((work / run_id / "metrics.jsonl").read_text().splitlines()) for work in (alone, pair)]
     assert log[0] == log[1] == 4  # the loggers heard each epoch once (rank 0 tells the plugins)
+
+
+def test_two_processes_stream_one_process_curve(tmp_path: Path, env: dict[str, str]) -> None:
+    """A streamed dataset: each rank's loader reads only its part of every batch, with the same crops."""
+    from kdbench.testing import write_image_folder
+
+    write_image_folder(tmp_path / "data" / "synthetic-files", num_classes=4, train=8, test=4)
+    plan, run_id = _plan(tmp_path, env, epochs=2, streamed=True)
+    data = ["--data-root", str(tmp_path / "data"), "--loader", "pil", "--loader-workers", "0"]
+    _finished(_execute(plan, run_id, tmp_path / "one", env, *data))
+    _finished(_execute(plan, run_id, tmp_path / "two", env, *data, "--nproc-per-node", "2"))
+    one, two = _curve(tmp_path / "one", run_id), _curve(tmp_path / "two", run_id)
+    for (loss_1, top1_1), (loss_2, top1_2) in zip(one, two, strict=True):
+        assert loss_2 == pytest.approx(loss_1, rel=1e-5) and top1_2 == top1_1
+    record = json.loads((tmp_path / "two" / run_id / "result.json").read_text())
+    assert record["versions"]["execution"] == {"processes": 2, "loader": "pil"}
+    assert record["curve"][0]["throughput"]["images_per_second"] > 0
 
 
 def test_two_processes_resume_after_a_kill(tmp_path: Path, env: dict[str, str]) -> None:

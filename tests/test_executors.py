@@ -295,3 +295,17 @@ def test_a_failed_teacher_under_workers_fails_its_students_without_running_them(
     assert not any(
         (tmp_path / "runs" / run_id / "result.json").exists() for run_id in map(lambda r: r["run_id"], students)
     )
+
+
+def test_local_slots_give_each_ddp_run_its_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdbench_plugins.executors.local import LocalExecutor
+
+    from kdbench.executors import ExecutorOptions
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4")
+    pairs = LocalExecutor(ExecutorOptions(device="cuda", processes_per_run=2))
+    assert [slot.gpu for slot in pairs.slots] == ["0,1", "2,3"]  # GPU 4 alone cannot hold a 2-process run
+    single = LocalExecutor(ExecutorOptions(device="cuda", runs_per_gpu=2))
+    assert [slot.gpu for slot in single.slots] == ["0", "0", "1", "1", "2", "2", "3", "3", "4", "4"]
+    with pytest.raises(ValueError, match="a run of 8 processes needs 8 GPUs; 5 visible"):
+        LocalExecutor(ExecutorOptions(device="cuda", processes_per_run=8))

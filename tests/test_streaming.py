@@ -234,3 +234,32 @@ def test_a_third_party_loader_is_listed_and_serves_a_run(fake_site: Path, folder
     assert torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 1], batch[:, 2])
     result = train(RunInfo("grey", {}, tmp_path / "grey", "cpu"), _state(folder, grey))
     assert result.status == "finished" and len(result.curve) == RECIPE.epochs
+
+
+def test_dali_loader_gives_the_same_crops(folder: Path, loaders) -> None:
+    """DALI (its CPU operators here) decodes each box kdbench draws: PIL's images up to the decoder's rounding."""
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'kdbench[dali]')")
+    assert loaders["dali"].unavailable(torch.device("cpu")) is None
+    files = synthetic_files_spec(4).loader(folder, False).train_files
+    for is_train, worst in ((True, 16), (False, 2)):
+        pil = torch.cat(list(loaders["pil"].load(_request(files, is_train))))
+        dali = torch.cat(list(loaders["dali"].load(_request(files, is_train, workers=1))))
+        difference = (pil.int() - dali.int()).abs()
+        assert dali.shape == pil.shape and dali.dtype == torch.uint8
+        assert difference.max() <= worst and difference.float().mean() < 0.5, (is_train, difference.max())
+        flipped = (pil.int() - dali.flip(-1).int()).abs().float().mean()
+        assert flipped > 5 * difference.float().mean()  # the same flips, not merely similar images
+
+
+def test_dali_missing_is_a_clear_refusal(monkeypatch: pytest.MonkeyPatch, loaders) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *args, **kwargs):
+        if name.startswith("nvidia.dali") or name == "nvidia":
+            raise ImportError("No module named 'nvidia'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
+    assert "pip install 'kdbench[dali]'" in loaders["dali"].unavailable(torch.device("cuda"))

@@ -1,7 +1,8 @@
 """The local executor: a pool of worker processes on this machine, each pinned to a GPU.
 
 ``--workers N`` processes at once (default: one per visible GPU, else 1); with
-``--runs-per-gpu K`` each GPU takes K tasks at once (small CIFAR runs leave a GPU half idle).
+``--runs-per-gpu K`` each GPU takes K tasks at once (small CIFAR runs leave a GPU half idle); with
+``--nproc-per-node N`` each task is one run of N DDP processes and gets N GPUs.
 Every task is its own process (``python -m kdbench execute …``), in its own process group, with
 ``CUDA_VISIBLE_DEVICES`` set to its GPU: a worker that crashes or is killed takes nothing else
 with it, and the driver submits its task again (the run resumes from its checkpoint).
