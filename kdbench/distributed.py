@@ -11,6 +11,7 @@ that fails stops the others; the launcher returns its exit code.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -53,7 +54,15 @@ def init_distributed(device: Any) -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        atexit.register(_leave)
     return rank, world
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:

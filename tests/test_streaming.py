@@ -263,3 +263,31 @@ def test_dali_missing_is_a_clear_refusal(monkeypatch: pytest.MonkeyPatch, loader
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
     assert "pip install 'kdbench[dali]'" in loaders["dali"].unavailable(torch.device("cuda"))
+
+
+def test_a_streamed_dataset_digest_is_its_file_names_and_labels(folder: Path, tmp_path: Path) -> None:
+    from kdbench.runner import data_digest
+
+    spec = synthetic_files_spec(4)
+    here = data_digest(spec.loader(folder, False), folder)
+    shutil.copytree(folder, tmp_path / "elsewhere")
+    assert data_digest(spec.loader(tmp_path / "elsewhere", False), tmp_path / "elsewhere") == here  # root-free
+    (tmp_path / "elsewhere" / "synthetic-files" / "train" / "class_00" / "0000.JPEG").unlink()
+    assert data_digest(spec.loader(tmp_path / "elsewhere", False), tmp_path / "elsewhere") != here
+
+
+def test_a_loader_that_does_not_fit_its_augmentation_is_named(folder: Path) -> None:
+    from dataclasses import replace
+
+    from kdbench.errors import PluginError
+    from kdbench.runner import RunnerOptions, Workspace
+
+    class MixedUp:
+        @kdbench.hookimpl
+        def kdbench_register_datasets(self) -> list[kdbench.DatasetSpec]:
+            return [replace(synthetic_files_spec(4), name="mixed-up", augment=kdbench.AugmentSpec())]
+
+    host = kdbench.create_plugin_host(entry_points=False, plugins=[("mixed_up", MixedUp())])
+    workspace = Workspace(host, RunnerOptions(data_root=folder))
+    with pytest.raises(PluginError, match="dataset mixed-up: its loader returned ImageFiles, which does not fit its "):
+        workspace.data("mixed-up")

@@ -171,7 +171,7 @@ class MLKD(Distiller):
     def prepare_batch(self, batch: Batch) -> Batch:
         """Return the batch with images ``cat(weak, strong)``; the strong view is made from ``batch.raw``."""
         if batch.raw is None or batch.generator is None:
-            raise KdbenchError("MLKD needs batch.raw and batch.generator to make its strong view")
+            raise KdbenchError("MLKD makes its strong view from batch.raw with batch.generator (device-resident data)")
         strong = self.strong_view(batch.raw, batch.generator).to(batch.images.dtype)
         images = torch.cat([batch.images, strong])
         if batch.images.dim() == 4 and batch.images.is_contiguous(memory_format=torch.channels_last):

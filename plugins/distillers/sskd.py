@@ -230,7 +230,7 @@ class SSKD(Distiller):
     def prepare_batch(self, batch: Batch) -> Batch:
         """Return the batch with its images replaced by the four augmented rotations of each raw image."""
         if batch.raw is None or batch.generator is None:
-            raise KdbenchError("SSKD makes its views from batch.raw with batch.generator; the batch lacks one")
+            raise KdbenchError("SSKD makes its views from batch.raw with batch.generator (device-resident data)")
         flips, dy, dx = draw_view_params(batch.raw.shape[0], self.pad, self.flip, batch.generator)
         views = rotation_views(batch.raw, flips, dy, dx, self.pad)
         images = views.to(torch.float32).div(255).sub(self.mean).div(self.std)
