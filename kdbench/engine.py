@@ -507,6 +507,10 @@ class RunState:
         self.student_name = student_name
         self.identity = dict(identity or {})
         device = options.device
+        if recipe.sync_bn and options.distributed:  # before the distiller and optimiser see the student
+            if device.type != "cuda":
+                raise KdbenchError("recipe sync_bn: torch's SyncBatchNorm runs on CUDA only (use --device cuda)")
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student = student.to(device)
         self.teacher = teacher
         self.files = data if isinstance(data, ImageFiles) else None

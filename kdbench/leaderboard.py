@@ -729,16 +729,29 @@ def _execution_note(table: _Table) -> list[str]:
         if run.run_id in table.records
     ]
     cohorts, tables = sum("cohort" in e for e in executions), sum("teacher_table" in e for e in executions)
-    if not cohorts and not tables:
-        return []
-    return [
-        f"Execution: {cohorts} runs trained in cohorts (the runs of one teacher, seed and recipe in lockstep, one "
-        f"teacher pass per step) and {tables} read their teacher's table (its logits for every train image and "
-        "view, computed once). Same math as a run alone: a cohort member's numbers equal its solo run's bitwise, "
-        "a table run's losses equal the live teacher's to 1e-5 (`tests/test_cohorts.py`); each record says how "
-        "it ran (`versions.execution`).",
-        "",
-    ]
+    lines = []
+    if cohorts or tables:
+        lines += [
+            f"Execution: {cohorts} runs trained in cohorts (the runs of one teacher, seed and recipe in lockstep, one "
+            f"teacher pass per step) and {tables} read their teacher's table (its logits for every train image and "
+            "view, computed once). Same math as a run alone: a cohort member's numbers equal its solo run's bitwise, "
+            "a table run's losses equal the live teacher's to 1e-5 (`tests/test_cohorts.py`); each record says how "
+            "it ran (`versions.execution`).",
+            "",
+        ]
+    processes = Counter(e["processes"] for e in executions if "processes" in e)
+    loaders = Counter(e["loader"] for e in executions if e.get("loader"))
+    if processes:
+        counts = ", ".join(f"{runs} by {n} processes" for n, runs in sorted(processes.items()))
+        lines += [
+            f"Distributed: runs trained by several processes (DDP; {counts}) split every batch between them, with "
+            "per-process BatchNorm statistics unless their recipe says `sync_bn`, as the references do.",
+            "",
+        ]
+    if loaders:
+        counts = ", ".join(f"`{name}` {runs}" for name, runs in sorted(loaders.items()))
+        lines += [f"Images read by the loaders {counts} (the same crops; pixels differ by the decoders' rounding).", ""]
+    return lines
 
 
 def _markdown(table: _Table, families: Mapping[str, str], reported: Iterable[Reported]) -> str:

@@ -91,6 +91,7 @@ def recipe_config(recipe: Recipe) -> dict[str, Any]:
         "eval_batch_size": recipe.eval_batch_size,
         # Written only when set: the configs (and run ids) of every other recipe stay as they were.
         **({"strong_copy": recipe.strong_copy} if recipe.strong_copy else {}),
+        **({"sync_bn": True} if recipe.sync_bn else {}),
     }
 
 

@@ -333,6 +333,9 @@ class Recipe:
     """Name of a strong augmentation policy (``kdbench.augment.POLICIES``, e.g. ``"streamlined"``): each epoch
     then trains on the train set twice, its usual views and a copy augmented with that policy on top,
     shuffled together (Streamlined KD's recipe). Empty: the train set once."""
+    sync_bn: bool = False
+    """A run trained by several processes (``--nproc-per-node``) normalises with BatchNorm statistics over the
+    global batch (``torch.nn.SyncBatchNorm``, CUDA only); False: per-process statistics, as the references."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_overrides", _frozen(self.lr_overrides))

@@ -102,6 +102,8 @@ def _recipe_data(recipe: Recipe) -> dict[str, Any]:
     data["lr_overrides"] = dict(recipe.lr_overrides)
     if not recipe.strong_copy:
         del data["strong_copy"]  # as before the field existed
+    if not recipe.sync_bn:
+        del data["sync_bn"]
     return data
 
 
@@ -183,8 +185,9 @@ def recipe_problems(recipe: Recipe) -> list[str]:
         value = getattr(recipe, name)
         if not _number(value) or not fits(value):
             problems.append(f"{name} must be {what}, got {value!r}")
-    if not isinstance(recipe.nesterov, bool):
-        problems.append(f"nesterov must be true or false, got {recipe.nesterov!r}")
+    for name in ("nesterov", "sync_bn"):
+        if not isinstance(getattr(recipe, name), bool):
+            problems.append(f"{name} must be true or false, got {getattr(recipe, name)!r}")
     if not isinstance(recipe.strong_copy, str):
         problems.append(f"strong_copy must be the name of an augmentation policy, got {recipe.strong_copy!r}")
     milestones = recipe.lr_milestones

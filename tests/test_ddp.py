@@ -149,6 +149,16 @@ def test_two_processes_give_one_process_curve(tmp_path: Path, env: dict[str, str
     log = [len((work / run_id / "metrics.jsonl").read_text().splitlines()) for work in (alone, pair)]
     assert log[0] == log[1] == 4  # the loggers heard each epoch once (rank 0 tells the plugins)
 
+    kdbench = [sys.executable, "-m", "kdbench"]
+    database = ["--results", str(tmp_path / "r.sqlite")]
+    subprocess.run([*kdbench, "results", "import", str(pair), *database], env=env, check=True, capture_output=True)
+    board = [*kdbench, "leaderboard", "--suite", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "b"), *database]
+    subprocess.run(board, env=env, check=True, capture_output=True)
+    assert (
+        "Distributed: runs trained by several processes (DDP; 1 by 2 processes)"
+        in (tmp_path / "b" / "ddp.md").read_text()
+    )
+
 
 def test_two_processes_stream_one_process_curve(tmp_path: Path, env: dict[str, str]) -> None:
     """A streamed dataset: each rank's loader reads only its part of every batch, with the same crops."""

@@ -59,6 +59,7 @@ def test_one_epoch_of_the_imagenet_board_trains_and_renders(tmp_path: Path, caps
     assert "2/16 runs stored" in text and "Recipe: 1 epoch" in text
     kd_row = next(line for line in text.splitlines() if line.startswith("| kd "))
     assert "(n=1) ⚠unverified data · paper 71.03" in kd_row
+    assert "Images read by the loaders `pil` 2 (the same crops" in text
     capsys.readouterr()
     assert main(["leaderboard", "--suite", "imagenet", "--epochs", "1", *common]) == 2  # never over the suite's board
     assert "give --suite and an --out other than leaderboards" in capsys.readouterr().err

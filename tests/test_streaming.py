@@ -291,3 +291,17 @@ def test_a_loader_that_does_not_fit_its_augmentation_is_named(folder: Path) -> N
     workspace = Workspace(host, RunnerOptions(data_root=folder))
     with pytest.raises(PluginError, match="dataset mixed-up: its loader returned ImageFiles, which does not fit its "):
         workspace.data("mixed-up")
+
+
+def test_sync_bn_is_written_only_when_set_and_refused_on_the_cpu(folder: Path, loaders) -> None:
+    from kdbench.plan import recipe_config
+    from kdbench.suites import recipe_problems
+
+    assert "sync_bn" not in recipe_config(RECIPE)  # the ids of every recipe without it stay as they were
+    synced = Recipe(epochs=2, batch_size=8, lr_milestones=(), sync_bn=True)
+    assert recipe_config(synced)["sync_bn"] is True
+    assert recipe_problems(Recipe(sync_bn="yes")) == ["sync_bn must be true or false, got 'yes'"]
+    with pytest.raises(KdbenchError, match="SyncBatchNorm runs on CUDA only"):
+        _state(folder, loaders["pil"], synced, rank=0, world_size=2)
+    alone = _state(folder, loaders["pil"], synced)  # one process: plain BatchNorm, nothing to synchronise
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in alone.student.modules())
