@@ -305,3 +305,64 @@ def test_sync_bn_is_written_only_when_set_and_refused_on_the_cpu(folder: Path, l
         _state(folder, loaders["pil"], synced, rank=0, world_size=2)
     alone = _state(folder, loaders["pil"], synced)  # one process: plain BatchNorm, nothing to synchronise
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in alone.student.modules())
+
+
+FILES_DATASET = """
+from kdbench import hookimpl
+from kdbench.testing import synthetic_files_spec
+
+
+@hookimpl
+def kdbench_register_datasets():
+    return [synthetic_files_spec(4)]
+"""
+STREAMED_SUITE = """
+name = "streamed-cohort"
+description = "four methods of one pair on a streamed JPEG folder"
+dataset = "synthetic-files"
+distillers = ["kd", "at", "crd", "dkd"]
+seeds = [0]
+
+[recipe]
+epochs = 2
+batch_size = 16
+lr = 0.05
+lr_milestones = [1]
+eval_batch_size = 16
+
+[teacher_recipe]
+epochs = 1
+batch_size = 16
+lr = 0.05
+lr_milestones = []
+eval_batch_size = 16
+
+[[pairs]]
+teacher = "resnet8x4"
+student = "resnet8"
+"""
+
+
+def test_a_streamed_cohort_equals_its_solo_runs(fake_site: Path, folder: Path, tmp_path: Path) -> None:
+    """One loader pass and one teacher pass per step for four students: each ends with its solo numbers."""
+    from conftest import make_distribution
+
+    from kdbench.cli import main
+    from kdbench.results import ResultsStore
+
+    make_distribution(fake_site, "kdbench-files", "0.1", {"files": "kdbench_files"}, {"kdbench_files": FILES_DATASET})
+    suite = tmp_path / "streamed.toml"
+    suite.write_text(STREAMED_SUITE, encoding="utf-8")
+
+    def run(name: str, *options: str) -> dict[str, tuple]:
+        root = tmp_path / name
+        args = ["run", "--suite", str(suite), "--data-root", str(folder), "--results", str(root / "r.sqlite")]
+        args += ["--work-dir", str(root / "runs"), "--no-progress", "--latency-batch-sizes", "1", "--loader", "pil"]
+        assert main([*args, "--loader-workers", "0", *options]) == 0
+        with ResultsStore(root / "r.sqlite") as store:
+            records = list(store.records())
+        cohorts = [r for r in records if (r["versions"].get("execution") or {}).get("cohort")]
+        assert len(cohorts) == (4 if name == "cohort" else 0)
+        return {r["run_id"]: (r["best_top1"], [(e["losses"], e["test_top1"]) for e in r["curve"]]) for r in records}
+
+    assert run("cohort") == run("alone", "--cohorts", "off")
