@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +44,7 @@ from kdbench.features import SIGNALS, FeatureCapture, Signals, concat_signals
 from kdbench.files import atomic_torch_save, load_state
 from kdbench.records import EpochRecord, RunInfo, RunResult
 from kdbench.specs import AugmentSpec, DatasetSpec, ImageData, ImageFiles, Recipe, ResizedCropSpec
-from kdbench.stream import KEY_BOUND, LoaderSpec, StreamRequest
+from kdbench.stream import KEY_BOUND, LoaderSpec, StreamRequest, path_array
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -272,14 +272,14 @@ def _shard(start: int, end: int, rank: int, world: int) -> tuple[int, int]:
 
 def stream_batches(
     draw: EpochDraw,
-    files: ImageFiles,
+    files: Sequence[str] | np.ndarray,
     labels: torch.Tensor,
     dataset: DatasetSpec,
     options: EngineOptions,
     shard: tuple[int, int] = (0, 1),
     clock: LoaderClock | None = None,
 ) -> Iterator[tuple[Batch, None]]:
-    """Yield each step's batch of a streaming dataset (rank ``shard[0]`` of ``shard[1]``'s part of it).
+    """Yield each step's batch of a streaming dataset's train ``files`` (rank ``shard[0]`` of ``shard[1]``'s part).
 
     The epoch's order and keys come to the host once; the loader decodes and transforms
     each batch; normalisation runs on the device. ``clock`` adds up images and wait.
@@ -290,7 +290,7 @@ def stream_batches(
     order, keys = draw.order.cpu().numpy(), draw.keys.cpu().numpy()  # type: ignore[union-attr]
     positions = np.concatenate([np.arange(a, b) for a, b in parts])
     request = StreamRequest(
-        files=files.train_files,
+        files=files,
         order=order[positions],
         keys=keys[positions],
         batch_sizes=tuple(b - a for a, b in parts),
@@ -316,19 +316,19 @@ def stream_batches(
 @torch.no_grad()
 def evaluate_files(
     model: nn.Module,
-    files: ImageFiles,
+    files: Sequence[str] | np.ndarray,
     labels: torch.Tensor,
     dataset: DatasetSpec,
     options: EngineOptions,
     batch_size: int,
     shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
-    """Return the number of correct top-1 predictions on rank ``shard[0]``'s part of the test files (0-d, device)."""
+    """Return the number of correct top-1 predictions on rank ``shard[0]``'s part of ``files`` (0-d, device)."""
     spec, rank, world = _stream_spec(dataset), shard[0], shard[1]
-    start, end = _shard(0, files.num_test, rank, world)
+    start, end = _shard(0, len(files), rank, world)
     sizes = tuple(min(batch_size, end - s) for s in range(start, end, batch_size))
     request = StreamRequest(
-        files=files.test_files,
+        files=files,
         order=np.arange(start, end),
         keys=None,
         batch_sizes=sizes,
@@ -349,6 +349,19 @@ def evaluate_files(
         position += raw.shape[0]
     model.train(was_training)
     return correct
+
+
+_PATHS: dict[int, tuple[ImageFiles, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _paths_of(files: ImageFiles) -> tuple[np.ndarray, np.ndarray]:
+    """Return the (train, test) path arrays of ``files``, made once per dataset object (runs of a cohort share them)."""
+    cached = _PATHS.get(id(files))
+    if cached is None or cached[0] is not files:
+        if len(_PATHS) >= 2:  # a process trains on one or two datasets: keep no more
+            _PATHS.pop(next(iter(_PATHS)))
+        cached = _PATHS[id(files)] = (files, (path_array(files.train_files), path_array(files.test_files)))
+    return cached[1]
 
 
 def calibration_batches(
@@ -438,7 +451,7 @@ def evaluate_top1(
     batch = Recipe().eval_batch_size if batch_size is None else batch_size
     if isinstance(data, ImageFiles):
         labels = data.test_labels.to(device)
-        correct = evaluate_files(model.to(device), data, labels, dataset, options, batch)
+        correct = evaluate_files(model.to(device), data.test_files, labels, dataset, options, batch)
         return round(float(correct.double() * 100.0 / max(1, data.num_test)), 4)
     images, labels = data.test_images.to(device), data.test_labels.to(device)
     return round(float(evaluate(model.to(device), images, labels, dataset, batch, options.bf16)), 4)
@@ -514,6 +527,8 @@ class RunState:
         self.student = student.to(device)
         self.teacher = teacher
         self.files = data if isinstance(data, ImageFiles) else None
+        #: Streamed data: the train and test file paths as numpy arrays (shared by forked loader workers).
+        self.paths = _paths_of(self.files) if self.files else None
         self.train_images = None if self.files else data.train_images.to(device)  # type: ignore[union-attr]
         self.test_images = None if self.files else data.test_images.to(device)  # type: ignore[union-attr]
         self.train_labels = data.train_labels.to(device)
@@ -689,7 +704,8 @@ class RunState:
         options = self.options
         if self.files is not None:
             shard = (options.rank, options.world_size)
-            yield from stream_batches(draw, self.files, self.train_labels, self.dataset, options, shard, self.clock)
+            assert self.paths is not None
+            yield from stream_batches(draw, self.paths[0], self.train_labels, self.dataset, options, shard, self.clock)
             return
         assert self.train_images is not None
         batches = epoch_batches(draw, self.train_images, self.train_labels, self.dataset, options.channels_last)
@@ -762,8 +778,9 @@ class RunState:
             _broadcast_state(self.student, buffers_only=True)
         if self.files is not None:
             shard = (options.rank, options.world_size)
+            assert self.paths is not None
             correct = evaluate_files(
-                self.student, self.files, self.test_labels, self.dataset, options, self.recipe.eval_batch_size, shard
+                self.student, self.paths[1], self.test_labels, self.dataset, options, self.recipe.eval_batch_size, shard
             )
             if options.distributed:
                 import torch.distributed as dist

@@ -193,7 +193,7 @@ def load_grey(request):
     for start, end in request.bounds():
         images = []
         for position in range(start, end):
-            with Image.open(request.files[request.order[position]]) as opened:
+            with Image.open(request.path(position)) as opened:
                 image = opened.convert("L").convert("RGB")
             resize, box = request.geometry(position, image.width, image.height)
             if resize is not None:
@@ -366,3 +366,19 @@ def test_a_streamed_cohort_equals_its_solo_runs(fake_site: Path, folder: Path, t
         return {r["run_id"]: (r["best_top1"], [(e["losses"], e["test_top1"]) for e in r["curve"]]) for r in records}
 
     assert run("cohort") == run("alone", "--cohorts", "off")
+
+
+def test_path_arrays_keep_any_file_name(folder: Path, tmp_path: Path, loaders) -> None:
+    from kdbench.stream import path_array
+
+    source = synthetic_files_spec(4).loader(folder, False).train_files[0]
+    named = tmp_path / "naïve café ü.JPEG"
+    shutil.copyfile(source, named)
+    paths = path_array([str(named), source])
+    assert paths.dtype.kind == "S"
+    request = StreamRequest(
+        paths, np.array([0, 1]), None, (2,), 32, ResizedCropSpec(eval_resize=36), torch.device("cpu")
+    )
+    assert request.path(0) == str(named)
+    (batch,) = loaders["pil"].load(request)
+    assert torch.equal(batch[0], batch[1])  # the same image under both names

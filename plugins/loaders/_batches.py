@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdbench.stream import StreamRequest
@@ -19,15 +18,13 @@ class RequestBatches(torch.utils.data.Dataset):
     def __init__(self, request: StreamRequest) -> None:
         self.request = request
         self.bounds = request.bounds()
-        # One array of paths, not a list of str: forked workers then share it without touching refcounts.
-        self.files = np.asarray(request.files, dtype=np.str_)
 
     def __len__(self) -> int:
         return len(self.bounds)
 
     def path(self, position: int) -> str:
         """Return the file of ``position``."""
-        return str(self.files[int(self.request.order[position])])
+        return self.request.path(position)
 
 
 def iterate(batches: RequestBatches) -> Iterator[Any]:

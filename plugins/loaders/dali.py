@@ -73,7 +73,7 @@ def _feeds(request: StreamRequest, start: int, end: int) -> dict[str, list[np.nd
 
     feeds: dict[str, list[np.ndarray]] = {name: [] for name in _INPUTS}
     for position in range(start, end):
-        data = np.fromfile(request.files[int(request.order[position])], dtype=np.uint8)
+        data = np.fromfile(request.path(position), dtype=np.uint8)
         with Image.open(io.BytesIO(data.tobytes())) as header:  # reads the header, not the pixels
             width, height = header.size
         resize, box = request.geometry(position, width, height)
