@@ -33,14 +33,26 @@ student = "digits_cnn_s"
 """
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads_restored() -> Iterator[None]:
-    """Give every test the process's CPU thread count back (``--threads`` in an in-process command changes it)."""
+@pytest.fixture(scope="session")
+def _session_threads() -> int:
+    """torch's CPU thread count when the session started (what a fresh ``kdbench`` process uses)."""
     import torch
 
-    threads = torch.get_num_threads()
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored(_session_threads: int) -> Iterator[None]:
+    """Start and end every test with the session's CPU thread count.
+
+    ``--threads`` in an in-process command changes it, also inside module-scoped fixtures that run
+    before a test; a test comparing in-process numbers with a subprocess's needs the same count.
+    """
+    import torch
+
+    torch.set_num_threads(_session_threads)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(_session_threads)
 
 
 @pytest.fixture(scope="session")
