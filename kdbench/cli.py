@@ -655,14 +655,13 @@ def _cmd_execute(args: argparse.Namespace) -> int:
         lock.acquire()
         (lock.path.parent / QUEUED_FILE).unlink(missing_ok=True)  # started: no longer queued
     try:
-        todo = _agreed(
-            [run for run in runs if _result_in(options.work_root / run.run_id) is None], runs, options.engine
-        )
+        done = {run.run_id: _result_in(options.work_root / run.run_id) for run in runs}
+        todo = _agreed([run for run in runs if done[run.run_id] is None], runs, options.engine)
         for run in runs:
-            if run not in todo and writes:
-                done = _result_in(options.work_root / run.run_id) or {"status": "done"}
+            stored = done[run.run_id]
+            if stored is not None and writes:
                 target = options.work_root / run.run_id / RESULT_NAME
-                print(f"run {run.run_id} ({run.label}): already {done['status']} in {target}; nothing to do")
+                print(f"run {run.run_id} ({run.label}): already {stored['status']} in {target}; nothing to do")
         workspace = Workspace(host, options)
         traits = lambda method: method_traits(host.distillers.get(method).builder)  # noqa: E731
         forced = ScheduleOptions(cohorts=False, teacher_table="on")

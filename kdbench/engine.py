@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -264,6 +264,19 @@ def _loader(options: EngineOptions, dataset: DatasetSpec) -> LoaderSpec:
     return options.loader
 
 
+def _request(
+    files: Sequence[str] | np.ndarray,
+    order: np.ndarray,
+    keys: np.ndarray | None,
+    sizes: tuple[int, ...],
+    dataset: DatasetSpec,
+    options: EngineOptions,
+) -> StreamRequest:
+    """Return the loader request for ``order`` of ``files`` in batches of ``sizes`` (train crops with ``keys``)."""
+    size, spec = dataset.image_size[-1], _stream_spec(dataset)
+    return StreamRequest(files, order, keys, sizes, size, spec, options.device, options.loader_workers)
+
+
 def _shard(start: int, end: int, rank: int, world: int) -> tuple[int, int]:
     """Return rank ``rank``'s contiguous part of positions [start, end) split over ``world`` ranks."""
     size = end - start
@@ -284,22 +297,13 @@ def stream_batches(
     The epoch's order and keys come to the host once; the loader decodes and transforms
     each batch; normalisation runs on the device. ``clock`` adds up images and wait.
     """
-    spec, rank, world = _stream_spec(dataset), shard[0], shard[1]
+    rank, world = shard
     used = min(draw.steps * draw.batch_size, draw.num_train)
     parts = [_shard(s, min(s + draw.batch_size, used), rank, world) for s in range(0, used, draw.batch_size)]
     order, keys = draw.order.cpu().numpy(), draw.keys.cpu().numpy()  # type: ignore[union-attr]
     positions = np.concatenate([np.arange(a, b) for a, b in parts])
-    request = StreamRequest(
-        files=files,
-        order=order[positions],
-        keys=keys[positions],
-        batch_sizes=tuple(b - a for a, b in parts),
-        size=dataset.image_size[-1],
-        augment=spec,
-        device=options.device,
-        workers=options.loader_workers,
-    )
-    images = _loader(options, dataset).load(request)
+    sizes = tuple(b - a for a, b in parts)
+    images = _loader(options, dataset).load(_request(files, order[positions], keys[positions], sizes, dataset, options))
     for a, b in parts:
         tick = time.perf_counter()
         raw = next(images)
@@ -324,31 +328,10 @@ def evaluate_files(
     shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """Return the number of correct top-1 predictions on rank ``shard[0]``'s part of ``files`` (0-d, device)."""
-    spec, rank, world = _stream_spec(dataset), shard[0], shard[1]
-    start, end = _shard(0, len(files), rank, world)
+    start, end = _shard(0, len(files), *shard)
     sizes = tuple(min(batch_size, end - s) for s in range(start, end, batch_size))
-    request = StreamRequest(
-        files=files,
-        order=np.arange(start, end),
-        keys=None,
-        batch_sizes=sizes,
-        size=dataset.image_size[-1],
-        augment=spec,
-        device=options.device,
-        workers=options.loader_workers,
-    )
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=options.device)
-    position = start
-    for raw in _loader(options, dataset).load(request):
-        x = normalize(raw, dataset.mean, dataset.std)
-        with torch.autocast(options.device.type, dtype=torch.bfloat16, enabled=options.bf16):
-            logits = model(x)
-        correct += (logits.argmax(dim=1) == labels[position : position + raw.shape[0]]).sum()
-        position += raw.shape[0]
-    model.train(was_training)
-    return correct
+    loaded = _loader(options, dataset).load(_request(files, np.arange(start, end), None, sizes, dataset, options))
+    return _count_correct(model, loaded, labels[start:end], dataset, options.device, options.bf16)
 
 
 _PATHS: dict[int, tuple[ImageFiles, tuple[np.ndarray, np.ndarray]]] = {}
@@ -381,11 +364,7 @@ def calibration_batches(
             for index in order.split(size)
         ]
     sizes = tuple(len(chunk) for chunk in order.split(size))
-    request = StreamRequest(
-        data.train_files, order.numpy(), None, sizes, dataset.image_size[-1], _stream_spec(dataset), device,
-        options.loader_workers,
-    )  # fmt: skip
-    loaded = _loader(options, dataset).load(request)
+    loaded = _loader(options, dataset).load(_request(data.train_files, order.numpy(), None, sizes, dataset, options))
     return [
         (normalize(raw, dataset.mean, dataset.std), labels[index].to(device))
         for raw, index in zip(loaded, order.split(size), strict=True)
@@ -424,16 +403,33 @@ def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, batch_size: int, bf16: bool
 ) -> torch.Tensor:
     """Return top-1 accuracy (%) on the given uint8 images as a 0-d device tensor (no host sync)."""
+    batches = images.split(batch_size)
+    correct = _count_correct(model, batches, labels, dataset, images.device, bf16)
+    return correct.double() * 100.0 / images.shape[0]
+
+
+@torch.no_grad()
+def _count_correct(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    labels: torch.Tensor,
+    dataset: DatasetSpec,
+    device: torch.device,
+    bf16: bool,
+) -> torch.Tensor:
+    """Return how many of the uint8 ``batches`` (in order) ``model`` classifies as ``labels`` say (0-d, device)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start : start + batch_size], dataset.mean, dataset.std)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    start = 0
+    for raw in batches:
+        x = normalize(raw, dataset.mean, dataset.std)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum()
+        correct += (logits.argmax(dim=1) == labels[start : start + raw.shape[0]]).sum()
+        start += raw.shape[0]
     model.train(was_training)
-    return correct.double() * 100.0 / images.shape[0]
+    return correct
 
 
 def evaluate_top1(
@@ -534,8 +530,6 @@ class RunState:
         self.train_labels = data.train_labels.to(device)
         self.test_labels = data.test_labels.to(device)
         self.num_train = int(self.train_labels.shape[0])
-        #: What the run trains on (runs sharing it can share batches): the device images or the files.
-        self.source: object = self.files if self.files is not None else self.train_images
         self.clock = LoaderClock()
         if not isinstance(distiller, Distiller):
             distiller = distiller(self.student, teacher.module if teacher else None, self._context(data))
@@ -569,6 +563,11 @@ class RunState:
             std=dataset.std,
             augment=dataset.augment,
         )
+
+    @property
+    def source(self) -> object:
+        """Return what the run trains on (runs sharing it can share batches): the device images or the files."""
+        return self.files if self.files is not None else self.train_images
 
     @property
     def main_segment(self) -> Segment:

@@ -252,16 +252,16 @@ def test_dali_loader_gives_the_same_crops(folder: Path, loaders) -> None:
 
 
 def test_dali_missing_is_a_clear_refusal(monkeypatch: pytest.MonkeyPatch, loaders) -> None:
-    import builtins
+    import importlib.util
 
-    real_import = builtins.__import__
+    real_find_spec = importlib.util.find_spec
 
     def no_dali(name, *args, **kwargs):
-        if name.startswith("nvidia.dali") or name == "nvidia":
-            raise ImportError("No module named 'nvidia'")
-        return real_import(name, *args, **kwargs)
+        if name.startswith("nvidia"):
+            raise ModuleNotFoundError("No module named 'nvidia'")
+        return real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_dali)
+    monkeypatch.setattr(importlib.util, "find_spec", no_dali)
     assert "pip install 'kdbench[dali]'" in loaders["dali"].unavailable(torch.device("cuda"))
 
 

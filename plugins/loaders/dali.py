@@ -15,6 +15,7 @@ CUDA the decode is ``mixed`` and the rest runs on the GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -31,11 +32,12 @@ _INPUTS = ("encoded", "anchor", "shape", "flip", "resize")
 
 
 def _unavailable(device: torch.device) -> str | None:
+    """Say whether DALI is installed without importing it (``--loader auto`` asks before every run command)."""
     try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return "NVIDIA DALI is not installed (pip install 'kdbench[dali]')"
-    return None
+        found = importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no ``nvidia`` package at all
+        found = False
+    return None if found else "NVIDIA DALI is not installed (pip install 'kdbench[dali]')"
 
 
 def _pipeline(request: StreamRequest) -> Any:
