@@ -40,7 +40,7 @@ class PlanError(KdbenchError):
 
 
 class DataNotFoundError(KdbenchError):
-    """A dataset is not on disk and cannot be downloaded."""
+    """A dataset is not on disk and cannot be downloaded, or one of its files cannot be read."""
 
 
 class CheckpointError(KdbenchError):

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, final
 
 import numpy as np
 
+from kdbench.errors import DataNotFoundError
 from kdbench.specs import ResizedCropSpec
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ __all__ = [
     "eval_geometry",
     "path_array",
     "train_geometry",
+    "unreadable_image",
 ]
 
 #: Keys are drawn below this bound (they fit an int64 tensor on any device).
@@ -105,6 +107,14 @@ def eval_geometry(width: int, height: int, resize: int, size: int) -> tuple[tupl
     top = round((new_h - size) / 2.0)
     left = round((new_w - size) / 2.0)
     return (new_w, new_h), Box(top, left, size, size)
+
+
+def unreadable_image(path: str, exc: BaseException) -> DataNotFoundError:
+    """Return the error a loader raises for an image it cannot read (missing, truncated, not an image), naming it."""
+    return DataNotFoundError(
+        f"cannot read image {path}: {exc} (replace or restore the file and run again: the run resumes from its "
+        "last checkpoint)"
+    )
 
 
 def path_array(paths: Sequence[str]) -> np.ndarray:

@@ -382,3 +382,43 @@ def test_path_arrays_keep_any_file_name(folder: Path, tmp_path: Path, loaders) -
     assert request.path(0) == str(named)
     (batch,) = loaders["pil"].load(request)
     assert torch.equal(batch[0], batch[1])  # the same image under both names
+
+
+@pytest.mark.parametrize(("loader", "workers"), [("pil", 0), ("pil", 2), ("decode", 0), ("dali", 1)])
+def test_a_missing_or_corrupt_image_is_named(loader: str, workers: int, folder: Path, tmp_path: Path, loaders) -> None:
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'kdbench[dali]')")
+    from kdbench.errors import DataNotFoundError
+
+    good = synthetic_files_spec(4).loader(folder, False).train_files[0]
+    corrupt, missing = tmp_path / "corrupt.JPEG", tmp_path / "missing.JPEG"
+    corrupt.write_bytes(b"\xff\xd8 not really a JPEG" * 10)
+    for bad in (corrupt, missing):
+        for is_train in (True, False):
+            request = StreamRequest(
+                (good, str(bad)), np.array([0, 1]), np.array([3, 4]) if is_train else None, (2,), 32,
+                ResizedCropSpec(eval_resize=36), torch.device("cpu"), workers,
+            )  # fmt: skip
+            with pytest.raises(DataNotFoundError, match=f"cannot read image {bad}"):
+                list(loaders[loader].load(request))
+
+
+def test_a_run_stopped_by_a_bad_image_resumes_once_it_is_restored(folder: Path, loaders, tmp_path: Path) -> None:
+    from kdbench.errors import DataNotFoundError
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    straight = train(RunInfo("streaming", {}, tmp_path / "straight", "cpu"), _state(data, loaders["pil"]))
+    victim = Path(synthetic_files_spec(4).loader(data, False).train_files[5])
+    saved = victim.read_bytes()
+    work = RunInfo("streaming", {}, tmp_path / "stopped", "cpu")
+    first = _state(data, loaders["pil"])
+    first.total_epochs = 1
+    train(work, first)
+    victim.write_bytes(b"truncated")  # damaged after the file list was read, before epoch 1
+    with pytest.raises(DataNotFoundError, match=f"cannot read image {victim}"):
+        train(work, _state(data, loaders["pil"]))
+    assert (work.work_dir / "checkpoint.pt").exists()  # epoch 0 is kept
+    victim.write_bytes(saved)
+    resumed = train(work, _state(data, loaders["pil"]))
+    assert [(e.losses, e.test_top1) for e in resumed.curve] == [(e.losses, e.test_top1) for e in straight.curve]

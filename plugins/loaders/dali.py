@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kdbench import hookimpl
-from kdbench.stream import LoaderSpec, StreamRequest
+from kdbench.stream import LoaderSpec, StreamRequest, unreadable_image
 
 __all__ = ["load_dali"]
 
@@ -75,9 +75,13 @@ def _feeds(request: StreamRequest, start: int, end: int) -> dict[str, list[np.nd
 
     feeds: dict[str, list[np.ndarray]] = {name: [] for name in _INPUTS}
     for position in range(start, end):
-        data = np.fromfile(request.path(position), dtype=np.uint8)
-        with Image.open(io.BytesIO(data.tobytes())) as header:  # reads the header, not the pixels
-            width, height = header.size
+        path = request.path(position)
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+            with Image.open(io.BytesIO(data.tobytes())) as header:  # reads the header, not the pixels
+                width, height = header.size
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise unreadable_image(path, exc) from None
         resize, box = request.geometry(position, width, height)
         feeds["encoded"].append(data)
         feeds["anchor"].append(np.array([box.left, box.top], dtype=np.float32))

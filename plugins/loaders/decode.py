@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kdbench import hookimpl
-from kdbench.stream import LoaderSpec, StreamRequest
+from kdbench.stream import LoaderSpec, StreamRequest, unreadable_image
 
 from ._batches import RequestBatches, iterate
 
@@ -31,16 +31,26 @@ _JPEG_MAGIC = b"\xff\xd8"
 class _FileBytes(RequestBatches):
     def __getitem__(self, batch: int) -> list[torch.Tensor]:
         start, end = self.bounds[batch]
-        return [torch.from_numpy(np.fromfile(self.path(p), dtype=np.uint8)) for p in range(start, end)]
+        return [_read(self.path(p)) for p in range(start, end)]
 
 
-def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _read(path: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    except OSError as exc:
+        raise unreadable_image(path, exc) from None
+
+
+def _decode_one(data: torch.Tensor, device: torch.device, path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
-    return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError as exc:
+        raise unreadable_image(path, exc) from None
 
 
-def _decode_all(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def _decode_all(encoded: list[torch.Tensor], device: torch.device, paths: list[str]) -> list[torch.Tensor]:
     """Return every file decoded to a uint8 3×H×W tensor on ``device`` (JPEGs in one batched call)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -50,10 +60,10 @@ def _decode_all(encoded: list[torch.Tensor], device: torch.device) -> list[torch
         try:
             decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one file the batch decoder refuses: decode them one by one
-            decoded = [_decode_one(encoded[i], device) for i in jpegs]
+            decoded = [_decode_one(encoded[i], device, paths[i]) for i in jpegs]
         for i, image in zip(jpegs, decoded, strict=True):
             images[i] = image
-    return [image if image is not None else _decode_one(encoded[i], device) for i, image in enumerate(images)]
+    return [image if image is not None else _decode_one(encoded[i], device, paths[i]) for i, image in enumerate(images)]
 
 
 def decode_batch(encoded: list[torch.Tensor], request: StreamRequest, start: int) -> torch.Tensor:
@@ -62,7 +72,8 @@ def decode_batch(encoded: list[torch.Tensor], request: StreamRequest, start: int
 
     size = [request.size, request.size]
     out = []
-    for offset, image in enumerate(_decode_all(encoded, request.device)):
+    paths = [request.path(start + offset) for offset in range(len(encoded))]
+    for offset, image in enumerate(_decode_all(encoded, request.device, paths)):
         resize, box = request.geometry(start + offset, image.shape[-1], image.shape[-2])
         if resize is not None:
             image = tvf.resize(image, [resize[1], resize[0]], antialias=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kdbench import hookimpl
-from kdbench.stream import LoaderSpec, StreamRequest
+from kdbench.stream import LoaderSpec, StreamRequest, unreadable_image
 
 from ._batches import RequestBatches, iterate
 
@@ -26,8 +26,11 @@ def transform_image(path: str, request: StreamRequest, position: int) -> np.ndar
     """Return the transformed image of ``position`` as an S×S×3 uint8 array."""
     from PIL import Image
 
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for missing, truncated or foreign files
+        raise unreadable_image(path, exc) from None
     resize, box = request.geometry(position, image.width, image.height)
     if resize is not None:
         image = image.resize(resize, Image.Resampling.BILINEAR)
